@@ -1,0 +1,1 @@
+"""Everything that talks to the chain. The only package that imports web3."""

@@ -1,0 +1,54 @@
+"""The wallet: the only object that holds a private key. It signs; it never shows the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, Hash32
+
+from router.errors import ConfigError
+
+
+class Wallet:
+    """Signs transactions and EIP-191 messages for one address.
+
+    ``repr``/``str`` show the address only, so a wallet can appear in logs and tracebacks safely.
+    """
+
+    __slots__ = ("_account", "address")
+
+    def __init__(self, private_key: str) -> None:
+        try:
+            self._account: LocalAccount = Account.from_key(private_key.strip())
+        except (ValueError, TypeError):
+            # The message must not echo the key, which is exactly what was malformed.
+            raise ConfigError("wallet private key is not a valid 32-byte hex key") from None
+        self.address: ChecksumAddress = self._account.address
+
+    @classmethod
+    def from_file(cls, path: Path) -> Wallet:
+        """Read the key from a file holding one hex key (surrounding whitespace ignored)."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read wallet key file {path}: {exc.strerror}") from None
+        return cls(text)
+
+    def sign_transaction(self, tx: dict[str, Any]) -> bytes:
+        """Sign a complete transaction dict; returns the raw signed bytes."""
+        return bytes(self._account.sign_transaction(tx).raw_transaction)
+
+    def sign_personal(self, message: bytes) -> bytes:
+        """EIP-191 personal-sign ``message``; returns the 65-byte r‖s‖v signature with v in {27, 28}."""
+        return bytes(self._account.sign_message(encode_defunct(primitive=message)).signature)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """Sign a 32-byte digest as is (no prefix), as EIP-712 wants; v in {27, 28}."""
+        return bytes(self._account.unsafe_sign_hash(Hash32(digest)).signature)
+
+    def __repr__(self) -> str:
+        return f"Wallet({self.address})"

@@ -1,0 +1,207 @@
+"""Devnet: a local anvil chain with the real 0G contracts, registered providers and a funded user.
+
+    async with Devnet(DevnetConfig(providers=3)) as devnet:
+        devnet.rpc_url, devnet.user.address, devnet.providers[0].address ...
+
+Roles use anvil's dev accounts (the "test test ... junk" mnemonic): account 0 deploys and owns the
+contracts, account 1 is the user, accounts 2.. are the providers. TEE signer keys are derived from the same
+mnemonic far past the funded accounts; they only sign, so they need no coins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from eth_account.hdaccount import ETHEREUM_DEFAULT_PATH, key_from_seed, seed_from_mnemonic
+
+from router.chain.client import ChainClient, ChainOptions
+from router.chain.devtools import (
+    ServiceRegistration,
+    acknowledge_signer_by_owner,
+    deploy_contracts,
+    register_service,
+    revert,
+    snapshot,
+)
+from router.chain.networks import DEVNET, Network
+from router.chain.wallet import Wallet
+from router.devnet.anvil import Anvil
+from router.devnet.node_tools import NodeModules, contract_artifacts, find_node_modules
+from router.errors import ConfigError
+from router.types import NEURON_PER_0G
+
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+_OWNER_INDEX, USER_KEY_INDEX, _FIRST_PROVIDER_INDEX = 0, 1, 2
+_TEE_KEY_BASE_INDEX = 1000
+MIN_PROVIDER_STAKE = 100 * NEURON_PER_0G
+# Anvil mines each transaction as it arrives, so receipts are ready within milliseconds.
+_DEVNET_CHAIN_OPTIONS = ChainOptions(receipt_poll_interval=0.005, receipt_timeout=30.0)
+
+
+def dev_private_key(index: int) -> str:
+    """The private key of HD account ``index`` of the dev mnemonic (what anvil funds for 0..N-1)."""
+    seed = seed_from_mnemonic(DEV_MNEMONIC, "")
+    path = ETHEREUM_DEFAULT_PATH.rsplit("/", 1)[0] + f"/{index}"
+    return "0x" + key_from_seed(seed, path).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One simulated provider to register. ``url`` None means a free loopback port is picked."""
+
+    model: str = "devnet-model"
+    input_price: int = 1_000_000_000
+    output_price: int = 2_000_000_000
+    service_type: str = "chatbot"
+    verifiability: str = "TeeML"
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DevnetConfig:
+    """What to set up. Amounts in neuron; ``lock_time`` in seconds (the contract allows 3600-604800)."""
+
+    providers: tuple[ProviderSpec, ...] = (ProviderSpec(),)
+    ledger_deposit: int = 100 * NEURON_PER_0G
+    sub_account_funding: int = 5 * NEURON_PER_0G
+    lock_time: int = 3600
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.providers) <= 50:
+            raise ConfigError("the devnet takes 1 to 50 providers")
+        if self.ledger_deposit < 3 * NEURON_PER_0G:
+            raise ConfigError("the ledger deposit must be at least 3 0G (the contract minimum)")
+        if self.sub_account_funding and self.sub_account_funding < NEURON_PER_0G:
+            raise ConfigError("a first transfer to a provider must be 0 or at least 1 0G")
+        if self.sub_account_funding * len(self.providers) > self.ledger_deposit:
+            raise ConfigError("the ledger deposit cannot cover every provider's sub-account funding")
+
+
+@dataclass(slots=True)
+class DevnetProvider:
+    """A registered provider: its wallet's chain client and its TEE signer."""
+
+    spec: ProviderSpec
+    url: str
+    chain: ChainClient
+    tee_signer: Wallet = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        assert self.chain.wallet is not None
+        return self.chain.wallet.address
+
+
+class Devnet:
+    """Starts anvil, deploys the 0G contracts, registers providers, funds the user; tears all down."""
+
+    def __init__(self, config: DevnetConfig | None = None, node_modules: NodeModules | None = None):
+        self.config = config or DevnetConfig()
+        self._modules = node_modules
+        self._stack = AsyncExitStack()
+        self.rpc_url = ""
+        self.ready_seconds = 0.0
+        self.owner: ChainClient
+        self.user: ChainClient
+        self.providers: list[DevnetProvider] = []
+
+    @property
+    def network(self) -> Network:
+        """The devnet preset pointed at this devnet's anvil."""
+        return DEVNET.with_rpc_urls(self.rpc_url)
+
+    @property
+    def user_wallet(self) -> Wallet:
+        assert self.user.wallet is not None
+        return self.user.wallet
+
+    async def __aenter__(self) -> Self:
+        started = time.perf_counter()
+        modules = self._modules or find_node_modules()
+        artifacts = await asyncio.to_thread(contract_artifacts, modules)
+        count = len(self.config.providers)
+        try:
+            anvil = await self._stack.enter_async_context(
+                Anvil(modules.anvil, accounts=_FIRST_PROVIDER_INDEX + count, port=self.config.port)
+            )
+            self.rpc_url = anvil.rpc_url
+            self.owner = await self._client(_OWNER_INDEX)
+            self.user = await self._client(USER_KEY_INDEX)
+            for i, spec in enumerate(self.config.providers):
+                chain = await self._client(_FIRST_PROVIDER_INDEX + i)
+                tee = Wallet(dev_private_key(_TEE_KEY_BASE_INDEX + i))
+                url = spec.url or f"http://127.0.0.1:{_free_port()}"
+                self.providers.append(DevnetProvider(spec, url, chain, tee))
+            await deploy_contracts(self.owner, artifacts, self.config.lock_time)
+            await asyncio.gather(*(self._register(p) for p in self.providers))
+            await self._fund_user()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.ready_seconds = time.perf_counter() - started
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def snapshot(self) -> str:
+        """Take an ``evm_snapshot``; ``revert`` returns the chain to it (once per id)."""
+        return await snapshot(self.owner)
+
+    async def revert(self, snapshot_id: str) -> None:
+        """Revert the chain to ``snapshot_id`` and resync the local nonces of every devnet client."""
+        await revert(self.owner, snapshot_id)
+        for chain in self.clients():
+            chain.sender.forget_nonce()
+
+    def clients(self) -> list[ChainClient]:
+        """Every chain client the devnet opened (owner, user, providers)."""
+        return [self.owner, self.user, *(p.chain for p in self.providers)]
+
+    async def open_client(self, wallet: Wallet | None = None) -> ChainClient:
+        """Another client on this devnet, closed with the devnet (for cross-checks in tests)."""
+        client = ChainClient(self.network, wallet, options=_DEVNET_CHAIN_OPTIONS)
+        return await self._stack.enter_async_context(client)
+
+    async def _client(self, index: int) -> ChainClient:
+        return await self.open_client(Wallet(dev_private_key(index)))
+
+    async def _register(self, provider: DevnetProvider) -> None:
+        spec = provider.spec
+        registration = ServiceRegistration(
+            service_type=spec.service_type,
+            url=provider.url,
+            model=spec.model,
+            verifiability=spec.verifiability,
+            input_price=spec.input_price,
+            output_price=spec.output_price,
+            additional_info="{}",
+            tee_signer_address=provider.tee_signer.address,
+        )
+        await register_service(provider.chain, registration, MIN_PROVIDER_STAKE)
+        await acknowledge_signer_by_owner(self.owner, provider.address)
+
+    async def _fund_user(self) -> None:
+        await self.user.add_ledger(self.config.ledger_deposit)
+        if self.config.sub_account_funding:
+            await asyncio.gather(
+                *(self.user.transfer_fund(p.address, self.config.sub_account_funding) for p in self.providers)
+            )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
