@@ -48,10 +48,11 @@ class RevertDecoder:
             return ContractRevert(function, "Unknown", [], raw="0x" + raw.hex())
         name, types = known
         try:
-            args = abi_decode(types, raw[4:])
+            decoded = abi_decode(types, raw[4:])
         except DecodingError:
             return ContractRevert(function, name, [], raw="0x" + raw.hex())
-        args = [to_checksum_address(a) if t == "address" else a for t, a in zip(types, args, strict=True)]
+        # eth-abi decodes addresses in lower case; everywhere else we show them checksummed.
+        args = [to_checksum_address(a) if t == "address" else a for t, a in zip(types, decoded, strict=True)]
         return ContractRevert(function, name, args, raw="0x" + raw.hex())
 
 

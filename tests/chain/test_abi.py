@@ -52,9 +52,15 @@ def test_every_custom_error_is_decodable(
 def test_event_topics_match_protocol_reference() -> None:
     """topic0 of the events the watcher follows equals the hashes recorded in protocol.md §2.5."""
     expected = {
-        "BalanceUpdated(address,address,uint256,uint256)": "526824944047da5b81071fb6349412005c5da81380b336103fbe5dd34556c776",
-        "TEESettlementResult(address,uint8,uint256)": "1f69e5b87fd0ce34b3760ba6e5d8aa95a36e316c3ba44e1e65a9d0eb9e96d0bf",
-        "FundSpent(address,address,uint256)": "6f81b9cf4ed9328799879be7651da4420ab1bc260b34ea71f72e9659aa548e68",
+        "BalanceUpdated(address,address,uint256,uint256)": (
+            "526824944047da5b81071fb6349412005c5da81380b336103fbe5dd34556c776"
+        ),
+        "TEESettlementResult(address,uint8,uint256)": (
+            "1f69e5b87fd0ce34b3760ba6e5d8aa95a36e316c3ba44e1e65a9d0eb9e96d0bf"
+        ),
+        "FundSpent(address,address,uint256)": (
+            "6f81b9cf4ed9328799879be7651da4420ab1bc260b34ea71f72e9659aa548e68"
+        ),
     }
     events = {
         f["name"]: f"{f['name']}({','.join(i['type'] for i in f['inputs'])})"
