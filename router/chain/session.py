@@ -130,6 +130,29 @@ class SessionTokens:
                 self._tokens[key] = token
         return token.authorization
 
+    async def persistent(self, provider: str, token_id: int, *, lifetime_ms: int = 0) -> SessionToken:
+        """Mint a persistent token (an API key) with id 0-254; ``lifetime_ms=0`` never expires.
+
+        Not cached: each call is a new key. Refuses an id the chain marks revoked, since the provider
+        would reject it.
+        """
+        if not 0 <= token_id < EPHEMERAL_TOKEN_ID:
+            raise SessionTokenError(f"a persistent token id must be 0-254, got {token_id}")
+        account = await self._chain.get_account(self._wallet.address, provider)
+        if account is not None and account.is_token_revoked(token_id):
+            raise SessionTokenError(
+                f"token id {token_id} is revoked for provider {provider}; use another id, "
+                "or revokeAllTokens to start a new generation"
+            )
+        return mint_session_token(
+            self._wallet,
+            provider,
+            generation=account.generation if account else 0,
+            now_ms=self._now_ms(),
+            token_id=token_id,
+            lifetime_ms=lifetime_ms,
+        )
+
     def invalidate(self, provider: str) -> None:
         """Drop the cached token (after a provider said it was revoked or expired)."""
         self._tokens.pop(provider.lower(), None)
