@@ -67,6 +67,15 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class TxResult:
+    """A mined, successful transaction. (Failed ones raise: they never become a TxResult.)"""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ledger:
     """A user's main ledger in LedgerManager."""
 

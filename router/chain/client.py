@@ -15,7 +15,7 @@ import aiohttp
 from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContractFunction
-from web3.types import RPCEndpoint, TxParams, TxReceipt
+from web3.types import RPCEndpoint, TxParams
 
 from router.chain.abi import INFERENCE_SERVING_ABI, LEDGER_MANAGER_ABI
 from router.chain.faults import RevertDecoder, web3_errors
@@ -24,7 +24,7 @@ from router.chain.rpc import FailoverHTTPProvider
 from router.chain.sender import TransactionSender
 from router.chain.wallet import Wallet
 from router.errors import ChainError, ConfigError, ContractRevert
-from router.types import Account, Ledger, Refund, Service
+from router.types import Account, Ledger, Refund, Service, TxResult
 
 # getAllServices and friends return at most this many entries per page.
 PAGE_SIZE = 50
@@ -160,12 +160,17 @@ class ChainClient:
         with web3_errors(self._decoder, label):
             return await fn.call()
 
-    async def transact(self, label: str, fn: AsyncContractFunction, *, value: int = 0) -> TxReceipt:
+    async def transact(self, label: str, fn: AsyncContractFunction, *, value: int = 0) -> TxResult:
         """Send a contract function call as a transaction from this client's wallet."""
         with web3_errors(self._decoder, label):
             params: TxParams = {"from": self.sender.wallet.address, "gas": 0}
             tx = await fn.build_transaction(params)
-        return await self.sender.send(label, {"to": tx["to"], "data": tx["data"], "value": value})
+        receipt = await self.sender.send(label, {"to": tx["to"], "data": tx["data"], "value": value})
+        return TxResult(
+            tx_hash="0x" + receipt["transactionHash"].hex(),
+            block_number=receipt["blockNumber"],
+            gas_used=receipt["gasUsed"],
+        )
 
     async def rpc(self, method: str, params: Sequence[Any] = ()) -> Any:
         """A raw JSON-RPC call (node-specific methods such as ``evm_snapshot``)."""
@@ -256,42 +261,42 @@ class ChainClient:
 
     # -- writes (need a wallet) -------------------------------------------------------------------
 
-    async def add_ledger(self, amount: int, additional_info: str = "") -> TxReceipt:
+    async def add_ledger(self, amount: int, additional_info: str = "") -> TxResult:
         """Create this wallet's ledger with ``amount`` neuron (at least 3 0G)."""
         fn = self.ledger.functions.addLedger(additional_info)
         return await self.transact("addLedger", fn, value=amount)
 
-    async def deposit_fund(self, amount: int) -> TxReceipt:
+    async def deposit_fund(self, amount: int) -> TxResult:
         """Add ``amount`` neuron to this wallet's ledger."""
         return await self.transact("depositFund", self.ledger.functions.depositFund(), value=amount)
 
-    async def transfer_fund(self, provider: str, amount: int) -> TxReceipt:
+    async def transfer_fund(self, provider: str, amount: int) -> TxResult:
         """Move ``amount`` from the ledger into the provider sub-account (creating and acknowledging it)."""
         fn = self.ledger.functions.transferFund(self._checksum(provider), await self.service_name(), amount)
         return await self.transact("transferFund", fn)
 
-    async def acknowledge_tee_signer(self, provider: str, acknowledged: bool = True) -> TxReceipt:
+    async def acknowledge_tee_signer(self, provider: str, acknowledged: bool = True) -> TxResult:
         """Set this wallet's acknowledgement of the provider's TEE signer."""
         fn = self.inference.functions.acknowledgeTEESigner(self._checksum(provider), acknowledged)
         return await self.transact("acknowledgeTEESigner", fn)
 
-    async def retrieve_fund(self, providers: Sequence[str]) -> TxReceipt:
+    async def retrieve_fund(self, providers: Sequence[str]) -> TxResult:
         """Release matured refunds and queue a refund of everything left (at most 20 providers)."""
         fn = self.ledger.functions.retrieveFund(
             [self._checksum(p) for p in providers], await self.service_name()
         )
         return await self.transact("retrieveFund", fn)
 
-    async def refund(self, amount: int) -> TxReceipt:
+    async def refund(self, amount: int) -> TxResult:
         """Withdraw ``amount`` of the ledger's available balance to the wallet."""
         return await self.transact("refund", self.ledger.functions.refund(amount))
 
-    async def revoke_all_tokens(self, provider: str) -> TxReceipt:
+    async def revoke_all_tokens(self, provider: str) -> TxResult:
         """Bump the sub-account's token generation: every session token minted so far stops working."""
         fn = self.inference.functions.revokeAllTokens(self._checksum(provider))
         return await self.transact("revokeAllTokens", fn)
 
-    async def revoke_token(self, provider: str, token_id: int) -> TxReceipt:
+    async def revoke_token(self, provider: str, token_id: int) -> TxResult:
         """Revoke persistent token ``token_id`` (0-254) for ``provider``."""
         fn = self.inference.functions.revokeToken(self._checksum(provider), token_id)
         return await self.transact("revokeToken", fn)
