@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# `npm install` rather than `npm ci`: the lockfile pins every version, but `npm ci` also insists on the
+# other platforms' optional anvil binaries, which some registry mirrors do not carry.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 lint: setup
