@@ -1,6 +1,6 @@
 """The Node-side parts of the devnet: the anvil binary and the contract artifacts, from ``node_modules``.
 
-``npm ci`` at the repository root installs them (``package.json`` pins the versions). The bytecode comes
+``make setup`` installs them from the lockfile (``package.json`` pins the versions). The bytecode comes
 from the official SDK's typechain factories, which ``require("ethers")``, so we let Node load them once
 and hand us JSON.
 """
@@ -57,7 +57,7 @@ class NodeModules:
         machine = arch.get(platform.machine().lower(), platform.machine().lower())
         binary = self.root / "@foundry-rs" / f"anvil-linux-{machine}" / "bin" / "anvil"
         if not binary.is_file():
-            raise DevnetError(f"anvil binary not found at {binary}; run `npm ci` in the repository")
+            raise DevnetError(f"anvil binary not found at {binary}; run `make setup` in the repository")
         return binary
 
 
@@ -74,7 +74,7 @@ def find_node_modules() -> NodeModules:
         if (path / SDK_PACKAGE / "package.json").is_file():
             return NodeModules(path)
     raise DevnetError(
-        "the devnet needs the npm packages in package.json: run `npm ci` in the zg-router "
+        "the devnet needs the npm packages in package.json: run `make setup` in the zg-router "
         f"repository, or point {_ENV_VAR} at a node_modules directory holding {SDK_PACKAGE}"
     )
 
@@ -107,7 +107,7 @@ def contract_artifacts(modules: NodeModules) -> ContractArtifacts:
         beacon = json.loads((oz / "UpgradeableBeacon.json").read_text())["bytecode"]
         proxy = json.loads((oz / "BeaconProxy.json").read_text())["bytecode"]
     except OSError as exc:
-        raise DevnetError(f"OpenZeppelin proxy artifacts missing ({exc}); run `npm ci`") from None
+        raise DevnetError(f"OpenZeppelin proxy artifacts missing ({exc}); run `make setup`") from None
     return ContractArtifacts(
         ledger_bytecode=_hex(sdk["LedgerManager"]["bytecode"]),
         inference_bytecode=_hex(sdk["InferenceServing"]["bytecode"]),

@@ -14,6 +14,8 @@ async function main() {
   }
   if (command === "request-headers") {
     const [userKey, provider] = args;
+    // The SDK console.logs progress ("Detected hardhat ..."); stdout must carry only the JSON result.
+    console.log = console.info = console.debug = (...parts) => console.error(...parts);
     const wallet = new ethers.Wallet(userKey, new ethers.JsonRpcProvider(rpcUrl));
     const broker = await sdk.createZGComputeNetworkBroker(wallet);
     return await broker.inference.getRequestHeaders(provider);
