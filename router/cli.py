@@ -1,19 +1,20 @@
-"""The ``zg-router`` command line."""
+"""The ``zg-router`` command line.
+
+Only the standard library is imported at module level: a command imports what it needs (web3 takes about a
+second to import) when it runs, so ``--help`` is instant and a Ctrl-C during start-up exits cleanly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import json
-import signal
 import sys
 from collections.abc import Sequence
 
-from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
 from router.errors import RouterError
 
 DEFAULT_DEVNET_PROVIDERS = 3
+MAX_DEVNET_PROVIDERS = 50
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "providers and fund a user; run until interrupted (Ctrl-C), then clean up.",
     )
     devnet.add_argument(
-        "--providers", type=_positive_int, default=DEFAULT_DEVNET_PROVIDERS, help="how many (1-50)"
+        "--providers", type=_provider_count, default=DEFAULT_DEVNET_PROVIDERS, help="how many (1-50)"
     )
     devnet.add_argument(
         "--model",
@@ -73,72 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def devnet_config(args: argparse.Namespace) -> DevnetConfig:
-    """The DevnetConfig the ``devnet`` flags describe."""
-    default = ProviderSpec()
-    models = itertools.cycle(args.models or [default.model])
-    inputs = itertools.cycle(args.input_price or [default.input_price])
-    outputs = itertools.cycle(args.output_price or [default.output_price])
-    specs = tuple(
-        ProviderSpec(model=next(models), input_price=next(inputs), output_price=next(outputs))
-        for _ in range(args.providers)
-    )
-    return DevnetConfig(providers=specs, port=args.port)
-
-
-def devnet_summary(devnet: Devnet) -> dict[str, object]:
-    """What a client needs to use the devnet. The user key is anvil's public dev key #1."""
-    return {
-        "rpc_url": devnet.rpc_url,
-        "chain_id": devnet.network.chain_id,
-        "ledger": devnet.network.ledger,
-        "inference": devnet.network.inference,
-        "user": {
-            "address": devnet.user_wallet.address,
-            "private_key": dev_private_key(USER_KEY_INDEX),
-        },
-        "providers": [{"address": p.address, "url": p.url, "model": p.spec.model} for p in devnet.providers],
-    }
-
-
 async def _run_devnet(args: argparse.Namespace) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Devnet(devnet_config(args)) as devnet:
-        summary = devnet_summary(devnet)
-        if args.json:
-            print(json.dumps(summary), flush=True)
-        else:
-            _print_readable(summary, devnet.ready_seconds)
-        await stop.wait()
-    print("devnet stopped", file=sys.stderr)
-    return 0
+    from router.devnet.command import run_devnet
+
+    return await run_devnet(args)
 
 
-def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:
-    user = summary["user"]
-    assert isinstance(user, dict)
-    lines = [
-        f"0G devnet ready in {ready_seconds:.2f} s (Ctrl-C to stop)",
-        f"  RPC            {summary['rpc_url']}  (chain id {summary['chain_id']})",
-        f"  LedgerManager  {summary['ledger']}",
-        f"  Inference      {summary['inference']}",
-        f"  user           {user['address']}",
-        f"  user key       {user['private_key']}  (anvil dev key: for this devnet only)",
-        "  providers:",
-    ]
-    providers = summary["providers"]
-    assert isinstance(providers, list)
-    lines += [f"    {p['address']}  {p['model']:<20} {p['url']}" for p in providers]
-    print("\n".join(lines), flush=True)
-
-
-def _positive_int(text: str) -> int:
+def _provider_count(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if not 1 <= value <= MAX_DEVNET_PROVIDERS:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_DEVNET_PROVIDERS}, got {value}")
     return value
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import re
+import signal
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -13,6 +15,12 @@ from router.errors import DevnetError
 
 _LISTENING = re.compile(rb"Listening on 127\.0\.0\.1:(\d+)")
 _START_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills anvil if we die without cleaning up (SIGKILL)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Anvil:
@@ -40,6 +48,10 @@ class Anvil:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # Its own session, so a terminal Ctrl-C reaches only us and we tear down in order; and
+            # tied to our life, so even a SIGKILL of this process leaves no anvil holding its port.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         assert self._process.stdout is not None
         try:

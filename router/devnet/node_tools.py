@@ -89,6 +89,8 @@ def sdk_contracts(modules: NodeModules) -> dict[str, dict[str, object]]:
             check=True,
             text=True,
             timeout=60,
+            # Its own session: a Ctrl-C at the terminal is ours to handle, not a reason for node to die.
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise DevnetError("`node` is not on PATH; the devnet needs Node.js >= 20") from None

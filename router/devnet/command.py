@@ -1,0 +1,74 @@
+"""``zg-router devnet``: run a devnet until interrupted, printing how to reach it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import signal
+import sys
+
+from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
+
+
+def devnet_config(args: argparse.Namespace) -> DevnetConfig:
+    """The DevnetConfig the ``devnet`` flags describe."""
+    default = ProviderSpec()
+    models = itertools.cycle(args.models or [default.model])
+    inputs = itertools.cycle(args.input_price or [default.input_price])
+    outputs = itertools.cycle(args.output_price or [default.output_price])
+    specs = tuple(
+        ProviderSpec(model=next(models), input_price=next(inputs), output_price=next(outputs))
+        for _ in range(args.providers)
+    )
+    return DevnetConfig(providers=specs, port=args.port)
+
+
+def devnet_summary(devnet: Devnet) -> dict[str, object]:
+    """What a client needs to use the devnet. The user key is anvil's public dev key #1."""
+    return {
+        "rpc_url": devnet.rpc_url,
+        "chain_id": devnet.network.chain_id,
+        "ledger": devnet.network.ledger,
+        "inference": devnet.network.inference,
+        "user": {
+            "address": devnet.user_wallet.address,
+            "private_key": dev_private_key(USER_KEY_INDEX),
+        },
+        "providers": [{"address": p.address, "url": p.url, "model": p.spec.model} for p in devnet.providers],
+    }
+
+
+async def run_devnet(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Devnet(devnet_config(args)) as devnet:
+        summary = devnet_summary(devnet)
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            _print_readable(summary, devnet.ready_seconds)
+        await stop.wait()
+    print("devnet stopped", file=sys.stderr)
+    return 0
+
+
+def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:
+    user = summary["user"]
+    assert isinstance(user, dict)
+    lines = [
+        f"0G devnet ready in {ready_seconds:.2f} s (Ctrl-C to stop)",
+        f"  RPC            {summary['rpc_url']}  (chain id {summary['chain_id']})",
+        f"  LedgerManager  {summary['ledger']}",
+        f"  Inference      {summary['inference']}",
+        f"  user           {user['address']}",
+        f"  user key       {user['private_key']}  (anvil dev key: for this devnet only)",
+        "  providers:",
+    ]
+    providers = summary["providers"]
+    assert isinstance(providers, list)
+    lines += [f"    {p['address']}  {p['model']:<20} {p['url']}" for p in providers]
+    print("\n".join(lines), flush=True)
