@@ -101,21 +101,24 @@ class TransactionSender:
 
     async def _submit(self, tx: dict[str, Any]) -> Any:
         async with self._lock:
-            for attempt in range(2):
-                if self._next_nonce is None:
-                    self._next_nonce = await self._w3.eth.get_transaction_count(
-                        self.wallet.address, "pending"
-                    )
-                tx["nonce"] = self._next_nonce
-                raw = self.wallet.sign_transaction(tx)
-                try:
-                    tx_hash = await self._w3.eth.send_raw_transaction(raw)
-                except Web3RPCError as exc:
-                    # Someone else used this wallet, or the chain was reverted: resync once.
-                    self._next_nonce = None
-                    if attempt == 0 and any(s in exc.message.lower() for s in _NONCE_ERRORS):
-                        continue
+            try:
+                return await self._sign_and_send(tx)
+            except Web3RPCError as exc:
+                # Someone else used this wallet, or the chain was reverted: resync and try once more.
+                self._next_nonce = None
+                if not any(s in exc.message.lower() for s in _NONCE_ERRORS):
                     raise
-                self._next_nonce += 1
-                return tx_hash
-        raise AssertionError("unreachable: the loop returns or raises")
+            return await self._sign_and_send(tx)
+
+    async def _sign_and_send(self, tx: dict[str, Any]) -> Any:
+        """Under the lock: assign the next nonce, sign, send; the counter moves only on success."""
+        if self._next_nonce is None:
+            self._next_nonce = await self._w3.eth.get_transaction_count(self.wallet.address, "pending")
+        tx["nonce"] = self._next_nonce
+        try:
+            tx_hash = await self._w3.eth.send_raw_transaction(self.wallet.sign_transaction(tx))
+        except Web3RPCError:
+            self._next_nonce = None
+            raise
+        self._next_nonce += 1
+        return tx_hash

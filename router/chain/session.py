@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from eth_utils.address import is_hex_address
 from eth_utils.crypto import keccak
 
 from router.chain.client import ChainClient
@@ -62,6 +63,9 @@ def mint_session_token(
         raise SessionTokenError("an ephemeral token (id 255) must expire within 24 h")
     if lifetime_ms < 0:
         raise SessionTokenError("token lifetime cannot be negative")
+    if not is_hex_address(provider):
+        # The provider splits the token on "|": a free-form string could corrupt it.
+        raise SessionTokenError(f"provider must be a 0x address, got {provider!r}")
     expires_at = now_ms + lifetime_ms if lifetime_ms else 0
     # Key order matches the official SDK byte for byte; the provider hashes whatever bytes it receives.
     raw = json.dumps(

@@ -190,6 +190,14 @@ class TestTokenRules:
         with pytest.raises(SessionTokenError, match="negative"):
             mint(wallet, token_id=0, lifetime_ms=-1)
 
+    @pytest.mark.parametrize(
+        "provider", ["provider-1", "0x123", "0x5FbDB2315678afecb367f032d93F642f64180aa3|x"]
+    )
+    def test_provider_must_be_an_address(self, wallet: Wallet, provider: str) -> None:
+        """A provider that is not an address is refused: a "|" in it would corrupt the token."""
+        with pytest.raises(SessionTokenError, match="must be a 0x address"):
+            mint_session_token(wallet, provider, generation=0, now_ms=NOW_MS)
+
     def test_limits_are_inclusive(self, wallet: Wallet) -> None:
         """Exactly 24 h is a valid ephemeral lifetime; ids 0 and 254 are valid persistent ids."""
         assert mint(wallet, lifetime_ms=MAX_EPHEMERAL_LIFETIME_MS).expires_at_ms == NOW_MS + DAY_MS
