@@ -131,6 +131,17 @@ class TestWrites:
         assert after is not None
         assert after.balance == before.balance + 12 * (NEURON // 10)
 
+    async def test_a_stale_local_nonce_is_resynced(self, fresh_devnet: Devnet) -> None:
+        """Another client sent from our wallet: the next send hits "nonce too low", resyncs and succeeds."""
+        user = fresh_devnet.user
+        await user.deposit_fund(1)
+        other = await fresh_devnet.open_client(fresh_devnet.user_wallet)
+        await other.deposit_fund(1)
+        await user.deposit_fund(1)
+        ledger = await user.get_ledger(fresh_devnet.user_wallet.address)
+        assert ledger is not None
+        assert ledger.total_balance == fresh_devnet.config.ledger_deposit + 3
+
     async def test_revoke_all_tokens_bumps_the_generation(self, fresh_devnet: Devnet) -> None:
         provider = fresh_devnet.providers[0].address
         await fresh_devnet.user.revoke_all_tokens(provider)
