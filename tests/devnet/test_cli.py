@@ -11,7 +11,6 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,11 +18,11 @@ from router.chain.client import ChainClient
 from router.chain.networks import DEVNET
 from router.devnet import USER_KEY_INDEX, dev_private_key
 from router.devnet.node_tools import NodeModules
+from tests.support import assert_port_refuses
 
 ZG_ROUTER = Path(sys.executable).with_name("zg-router")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-CONNECT_TIMEOUT = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -77,20 +76,6 @@ def child_pids(parent: int, command_part: bytes) -> list[int]:
     """Direct children of ``parent`` whose command line contains ``command_part`` (from /proc)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     return [int(pid) for pid in children if command_part in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
-async def assert_port_refuses(url: str) -> None:
-    """Nothing listens at ``url``'s port any more: connecting is refused (not timed out)."""
-    port = urlsplit(url).port
-    assert port is not None, url
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return
-    writer.close()
-    await writer.wait_closed()
-    pytest.fail(f"{url} still accepts connections")
 
 
 class TestDevnetCommand:

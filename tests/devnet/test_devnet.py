@@ -9,35 +9,15 @@ import json
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
 from router.devnet.node_tools import NodeModules
 from router.errors import ConfigError, DevnetError
-from tests.support import NEURON, run_node
+from tests.support import CONNECT_TIMEOUT, NEURON, assert_port_refuses, run_node
 
 CLI_TIMEOUT = 60.0
-CONNECT_TIMEOUT = 5.0
-
-
-async def assert_port_refuses(port: int) -> None:
-    """Nothing listens on 127.0.0.1:``port`` any more: connecting is refused (not timed out)."""
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
-        return
-    writer.close()
-    await writer.wait_closed()
-    pytest.fail(f"127.0.0.1:{port} still accepts connections")
-
-
-def port_of(url: str) -> int:
-    port = urlsplit(url).port
-    assert port is not None, url
-    return port
 
 
 def anvil_pids_on_port(port: int) -> list[int]:
@@ -80,11 +60,10 @@ class TestLifecycle:
         config = DevnetConfig(providers=(ProviderSpec(model="x"), ProviderSpec(model="y")))
         async with Devnet(config, node_modules) as second:
             assert second.rpc_url != devnet.rpc_url
-            port = port_of(second.rpc_url)
             services = await second.user.list_services()
             assert sorted(s.model for s in services) == ["x", "y"]
             assert {s.provider for s in services} == {p.address for p in second.providers}
-        await assert_port_refuses(port)
+        await assert_port_refuses(second.rpc_url)
 
     async def test_anvil_that_cannot_bind_raises_devnet_error_and_leaves_nothing(
         self, node_modules: NodeModules
