@@ -14,7 +14,7 @@ from typing import Any, Self
 import aiohttp
 from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
-from web3.contract.async_contract import AsyncContractFunction
+from web3.contract.async_contract import AsyncContract, AsyncContractFunction
 from web3.types import RPCEndpoint, TxParams
 
 from router.chain.abi import INFERENCE_SERVING_ABI, LEDGER_MANAGER_ABI
@@ -71,6 +71,7 @@ class ChainClient:
         self._session: aiohttp.ClientSession | None = None
         self._w3: AsyncWeb3[Any] | None = None
         self._sender: TransactionSender | None = None
+        self._contracts: tuple[AsyncContract, AsyncContract] | None = None
         self._service_name: str | None = None
 
     def __repr__(self) -> str:
@@ -106,11 +107,11 @@ class ChainClient:
                 receipt_timeout=opts.receipt_timeout,
                 receipt_poll_interval=opts.receipt_poll_interval,
             )
-        self.ledger = w3.eth.contract(
-            address=w3.to_checksum_address(self.network.ledger), abi=LEDGER_MANAGER_ABI
-        )
-        self.inference = w3.eth.contract(
-            address=w3.to_checksum_address(self.network.inference), abi=INFERENCE_SERVING_ABI
+        self._contracts = (
+            w3.eth.contract(address=w3.to_checksum_address(self.network.ledger), abi=LEDGER_MANAGER_ABI),
+            w3.eth.contract(
+                address=w3.to_checksum_address(self.network.inference), abi=INFERENCE_SERVING_ABI
+            ),
         )
 
     async def _verified_chain_id(self) -> int:
@@ -138,6 +139,7 @@ class ChainClient:
         self._session = None
         self._w3 = None
         self._sender = None
+        self._contracts = None
 
     # -- plumbing shared by the typed methods and by router.chain.devtools -------------------------
 
@@ -146,6 +148,21 @@ class ChainClient:
         if self._w3 is None:
             raise ChainError("ChainClient is not open: use `async with ChainClient(...)`")
         return self._w3
+
+    @property
+    def ledger(self) -> AsyncContract:
+        """The LedgerManager proxy."""
+        return self._opened_contracts()[0]
+
+    @property
+    def inference(self) -> AsyncContract:
+        """The InferenceServing proxy."""
+        return self._opened_contracts()[1]
+
+    def _opened_contracts(self) -> tuple[AsyncContract, AsyncContract]:
+        if self._contracts is None:
+            raise ChainError("ChainClient is not open: use `async with ChainClient(...)`")
+        return self._contracts
 
     @property
     def sender(self) -> TransactionSender:

@@ -149,6 +149,16 @@ class TestWrites:
         assert account is not None
         assert account.generation == 1
 
+    async def test_a_client_that_is_not_open_says_so(self, devnet: Devnet) -> None:
+        """Using a client outside `async with` is a clear ChainError, also after it was closed."""
+        client = ChainClient(devnet.network)
+        with pytest.raises(ChainError, match="not open"):
+            await client.list_services()
+        async with client:
+            assert await client.service_name() == "inference-v1.0"
+        with pytest.raises(ChainError, match="not open"):
+            await client.get_ledger(devnet.user_wallet.address)
+
     async def test_a_client_without_wallet_cannot_send(self, devnet: Devnet) -> None:
         reader = await devnet.open_client()
         with pytest.raises(ConfigError, match="no wallet"):
