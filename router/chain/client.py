@@ -172,10 +172,11 @@ class ChainClient:
             raise ChainError("ChainClient is not open: use `async with ChainClient(...)`")
         return self._sender
 
-    async def read(self, label: str, fn: AsyncContractFunction) -> Any:
-        """``eth_call`` a contract function; reverts come back as ``ContractRevert``."""
+    async def read(self, label: str, fn: AsyncContractFunction, *, from_address: str | None = None) -> Any:
+        """``eth_call`` a contract function (as ``from_address`` if given); reverts raise ContractRevert."""
+        params: TxParams = {"from": self._checksum(from_address)} if from_address else {}
         with web3_errors(self._decoder, label):
-            return await fn.call()
+            return await fn.call(params)
 
     async def transact(self, label: str, fn: AsyncContractFunction, *, value: int = 0) -> TxResult:
         """Send a contract function call as a transaction from this client's wallet."""

@@ -7,16 +7,53 @@ BeaconProxy, which lands the proxies on the addresses the official SDKs hard-cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 from eth_abi.abi import encode as abi_encode
 
 from router.chain.client import ChainClient
+from router.chain.wallet import Wallet
 from router.errors import DevnetError
 
 INFERENCE_SERVICE_TYPE = "inference"
 INFERENCE_SERVICE_VERSION = "v1.0"
+
+# EIP-712 layout the deployed InferenceServing verifies (protocol.md §6.3). The struct's field order is
+# not the TEESettlementData tuple's.
+_SETTLEMENT_DOMAIN = {"name": "0G Inference Serving", "version": "1"}
+_SETTLEMENT_TYPES = {
+    "TEESettlement": [
+        {"name": "requestsHash", "type": "bytes32"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "provider", "type": "address"},
+        {"name": "user", "type": "address"},
+        {"name": "totalFee", "type": "uint256"},
+    ]
+}
+
+
+class SettlementStatus(IntEnum):
+    """Per-item outcome of ``settleFeesWithTEE`` (failures do not revert the transaction)."""
+
+    SUCCESS = 0
+    PARTIAL = 1
+    PROVIDER_MISMATCH = 2
+    NO_TEE_SIGNER = 3
+    INVALID_NONCE = 4
+    INVALID_SIGNATURE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One user's fees to settle. ``nonce`` must exceed the account's stored nonce."""
+
+    user: str
+    total_fee: int
+    nonce: int
+    requests_hash: bytes = bytes(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +171,34 @@ async def increase_time(chain: ChainClient, seconds: int) -> None:
 async def set_balance(chain: ChainClient, address: str, amount: int) -> None:
     """Give ``address`` exactly ``amount`` neuron of native coin (anvil only)."""
     await chain.rpc("anvil_setBalance", [address, hex(amount)])
+
+
+async def settle_fees(
+    provider: ChainClient, tee_signer: Wallet, settlements: Sequence[Settlement]
+) -> list[SettlementStatus]:
+    """Sign ``settlements`` with the TEE key (EIP-712) and submit them from ``provider``'s wallet.
+
+    Returns each item's status, read by a dry run from the provider address just before the send: the
+    transaction itself succeeds whatever the items' outcomes, which only its events record.
+    """
+    address = provider.sender.wallet.address
+    domain = {
+        **_SETTLEMENT_DOMAIN,
+        "chainId": provider.network.chain_id,
+        "verifyingContract": provider.network.inference,
+    }
+    items = []
+    for item in settlements:
+        message = {
+            "requestsHash": item.requests_hash,
+            "nonce": item.nonce,
+            "provider": address,
+            "user": item.user,
+            "totalFee": item.total_fee,
+        }
+        signature = tee_signer.sign_typed_data(domain, _SETTLEMENT_TYPES, message)
+        items.append((item.user, address, item.total_fee, item.requests_hash, item.nonce, signature))
+    fn = provider.inference.functions.settleFeesWithTEE(items)
+    statuses = await provider.read("settleFeesWithTEE", fn, from_address=address)
+    await provider.transact("settleFeesWithTEE", fn)
+    return [SettlementStatus(s) for s in statuses]

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_defunct
+from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, Hash32
+from eth_typing import ChecksumAddress
 
 from router.errors import ConfigError
 
@@ -46,9 +46,12 @@ class Wallet:
         """EIP-191 personal-sign ``message``; returns the 65-byte r‖s‖v signature with v in {27, 28}."""
         return bytes(self._account.sign_message(encode_defunct(primitive=message)).signature)
 
-    def sign_digest(self, digest: bytes) -> bytes:
-        """Sign a 32-byte digest as is (no prefix), as EIP-712 wants; v in {27, 28}."""
-        return bytes(self._account.unsafe_sign_hash(Hash32(digest)).signature)
+    def sign_typed_data(
+        self, domain: dict[str, Any], types: dict[str, list[dict[str, str]]], message: dict[str, Any]
+    ) -> bytes:
+        """EIP-712 sign ``message`` of ``types`` under ``domain``; 65 bytes r‖s‖v, v in {27, 28}."""
+        signable = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
+        return bytes(self._account.sign_message(signable).signature)
 
     def __repr__(self) -> str:
         return f"Wallet({self.address})"
