@@ -1,0 +1,1 @@
+"""Simulated 0G providers that speak the real provider broker's protocol (devnet only)."""
