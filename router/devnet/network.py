@@ -11,7 +11,6 @@ mnemonic far past the funded accounts; they only sign, so they need no coins.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from router.chain.networks import DEVNET, Network
 from router.chain.wallet import Wallet
 from router.devnet.anvil import Anvil
 from router.devnet.node_tools import NodeModules, contract_artifacts, find_node_modules
+from router.devnet.simulator.limits import RateLimits
+from router.devnet.simulator.server import ProviderSimulator, SimulatorConfig
 from router.errors import ConfigError
 from router.types import NEURON_PER_0G
 
@@ -53,14 +54,14 @@ def dev_private_key(index: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
-    """One simulated provider to register. ``url`` None means a free loopback port is picked."""
+    """One simulated provider: what it registers on chain and the per-wallet limits it enforces."""
 
     model: str = "devnet-model"
     input_price: int = 1_000_000_000
     output_price: int = 2_000_000_000
     service_type: str = "chatbot"
     verifiability: str = "TeeML"
-    url: str | None = None
+    limits: RateLimits = field(default_factory=RateLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class DevnetConfig:
     sub_account_funding: int = 5 * NEURON_PER_0G
     lock_time: int = 3600
     port: int = 0
+    settle_interval: float | None = 5.0
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.providers) <= 50:
@@ -86,12 +88,16 @@ class DevnetConfig:
 
 @dataclass(slots=True)
 class DevnetProvider:
-    """A registered provider: its wallet's chain client and its TEE signer."""
+    """A registered provider: its wallet's chain client, its TEE signer and its simulated broker."""
 
     spec: ProviderSpec
-    url: str
     chain: ChainClient
     tee_signer: Wallet = field(repr=False)
+    simulator: ProviderSimulator = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.simulator.url
 
     @property
     def address(self) -> str:
@@ -137,8 +143,10 @@ class Devnet:
             for i, spec in enumerate(self.config.providers):
                 chain = await self._client(_FIRST_PROVIDER_INDEX + i)
                 tee = Wallet(dev_private_key(_TEE_KEY_BASE_INDEX + i))
-                url = spec.url or f"http://127.0.0.1:{_free_port()}"
-                self.providers.append(DevnetProvider(spec, url, chain, tee))
+                simulator = await self._stack.enter_async_context(
+                    ProviderSimulator(chain, tee, self._simulator_config(spec))
+                )
+                self.providers.append(DevnetProvider(spec, chain, tee, simulator))
             await deploy_contracts(self.owner, artifacts, self.config.lock_time)
             await asyncio.gather(*(self._register(p) for p in self.providers))
             await self._fund_user()
@@ -175,6 +183,17 @@ class Devnet:
         client = ChainClient(self.network, wallet, options=_DEVNET_CHAIN_OPTIONS)
         return await self._stack.enter_async_context(client)
 
+    def _simulator_config(self, spec: ProviderSpec) -> SimulatorConfig:
+        return SimulatorConfig(
+            model=spec.model,
+            input_price=spec.input_price,
+            output_price=spec.output_price,
+            service_type=spec.service_type,
+            verifiability=spec.verifiability,
+            limits=spec.limits,
+            settle_interval=self.config.settle_interval,
+        )
+
     async def _client(self, index: int) -> ChainClient:
         return await self.open_client(Wallet(dev_private_key(index)))
 
@@ -199,9 +218,3 @@ class Devnet:
             await asyncio.gather(
                 *(self.user.transfer_fund(p.address, self.config.sub_account_funding) for p in self.providers)
             )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

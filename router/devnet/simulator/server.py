@@ -1,0 +1,281 @@
+"""One simulated provider broker: an aiohttp server on 127.0.0.1 speaking the real provider protocol.
+
+Checks run in the broker's order with its statuses and bodies (protocol.md §4.2): global concurrency (503),
+body size (413), session token (400), per-wallet RPM then concurrency (429), model (400), account and
+balance (400). Responses carry ``ZG-Res-Key``, ``Provider`` and ``x-ratelimit-*``; each is signed with the
+TEE key over ``sha256(request as forwarded):sha256(response bytes)`` and served by ``signature/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from router.chain.client import ChainClient
+from router.chain.devtools import SettlementStatus
+from router.chain.wallet import Wallet
+from router.devnet.simulator import synth
+from router.devnet.simulator.auth import SessionRejected, SessionValidator
+from router.devnet.simulator.billing import Billing, BillingRefused
+from router.devnet.simulator.limits import LimitExceeded, RateLimits, WalletLimits
+from router.errors import ChainError
+from router.types import Account
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+SIGNATURE_TTL = 20 * 60.0
+_MAX_SIGNATURES = 100_000
+_VALIDATION_CONTEXT = "Provider proxy: handle proxied service, validate request: "
+_BUSY = {"error": "Server is currently processing too many requests. Please try again later."}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """How one simulated provider behaves. ``settle_interval`` None settles only on ``settle_now()``."""
+
+    model: str
+    input_price: int
+    output_price: int
+    service_type: str = "chatbot"
+    verifiability: str = "TeeML"
+    limits: RateLimits = field(default_factory=RateLimits)
+    max_global_concurrent: int = 20
+    settle_interval: float | None = 5.0
+
+
+@dataclass(slots=True)
+class SimulatorStats:
+    """What the simulator saw, for tests and benchmarks to assert on."""
+
+    served: int = 0
+    refused: dict[int, int] = field(default_factory=dict)
+    peak_global_in_flight: int = 0
+    settlement_errors: int = 0
+
+
+class ProviderSimulator:
+    """Serves one provider on ``url`` until closed; settles its users' fees on a cadence."""
+
+    def __init__(
+        self,
+        chain: ChainClient,
+        tee_signer: Wallet,
+        config: SimulatorConfig,
+        *,
+        port: int = 0,
+    ) -> None:
+        self.config = config
+        self.address = chain.sender.wallet.address
+        self._tee_signer = tee_signer
+        self._port = port
+        self.validator = SessionValidator(self.address, self._read_account)
+        self.limits = WalletLimits(config.limits)
+        self.billing = Billing(
+            chain, tee_signer, input_price=config.input_price, output_price=config.output_price
+        )
+        self.stats = SimulatorStats()
+        self._chain = chain
+        self._signatures: dict[str, tuple[float, dict[str, str]]] = {}
+        self._in_flight = 0
+        self._settle_lock = asyncio.Lock()
+        self._runner: web.AppRunner | None = None
+        self._settler: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        for path in ("/v1/proxy/chat/completions", "/v1/proxy/v1/chat/completions"):
+            app.router.add_post(path, self._guarded(self._chat))
+        app.router.add_get("/v1/proxy/signature/{chat_id}", self._signature)
+        app.router.add_get("/v1/proxy/v1/signature/{chat_id}", self._signature)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/user/{user}/unsettledfee", self._unsettled_fee)
+        app.router.add_route("*", "/v1/proxy/{tail:.*}", self._unsupported)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        if self.config.settle_interval is not None:
+            self._settler = asyncio.create_task(self._settle_forever(self.config.settle_interval))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._settler is not None:
+            self._settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settler
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def settle_now(self) -> dict[str, SettlementStatus]:
+        """Run one settlement cycle now (tests do this instead of waiting for the cadence)."""
+        async with self._settle_lock:
+            return await self.billing.settle()
+
+    async def _settle_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.settle_now()
+            except ChainError:
+                # A failed cycle is retried on the next tick, as the broker does.
+                self.stats.settlement_errors += 1
+
+    async def _read_account(self, user: str) -> Account | None:
+        return await self._chain.get_account(user, self.address)
+
+    # -- billed routes ---------------------------------------------------------------------------
+
+    def _guarded(self, handler: Handler) -> Handler:
+        """The checks before any billed route: global concurrency first, then the body size."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self._in_flight >= self.config.max_global_concurrent:
+                return self._refuse(503, _BUSY)
+            self._in_flight += 1
+            self.stats.peak_global_in_flight = max(self.stats.peak_global_in_flight, self._in_flight)
+            try:
+                return await handler(request)
+            except web.HTTPRequestEntityTooLarge:
+                return self._refuse(
+                    413, {"error": "Request body size exceeds the maximum allowed size of 32MB"}
+                )
+            finally:
+                self._in_flight -= 1
+
+        return guarded
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            user = await self.validator.validate(request.headers.get("Authorization"))
+        except SessionRejected as exc:
+            return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
+        rate_headers = self.limits.headers(user)
+        try:
+            with self.limits.admit(user):
+                return await self._serve_chat(request, body, user, rate_headers)
+        except LimitExceeded as exc:
+            return self._refuse(429, exc.body, rate_headers)
+
+    async def _serve_chat(
+        self, request: web.Request, body: bytes, user: str, rate_headers: dict[str, str]
+    ) -> web.StreamResponse:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return self._refuse(400, {"error": "invalid request body: not JSON"})
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            return self._refuse(400, {"error": "invalid request body: messages is required"})
+        model = payload.get("model") or self.config.model
+        if str(model).lower() != self.config.model.lower():
+            message = f'model not supported: requested "{model}", accepted: ["{self.config.model}"]'
+            return self._refuse(400, {"error": _VALIDATION_CONTEXT + message})
+        try:
+            await self.billing.check(user)
+        except BillingRefused as exc:
+            return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
+
+        prepared = {**payload, "model": self.config.model}
+        if payload.get("stream"):
+            prepared["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        forwarded = body if prepared == payload else json.dumps(prepared).encode()
+        completion = synth.complete(prepared)
+        chat_id = str(uuid.uuid4())
+        headers = {**rate_headers, "ZG-Res-Key": chat_id, "Provider": self.address}
+        # Billed up front: the broker bills what was generated even if the client goes away.
+        self.billing.charge(user, completion.prompt_tokens, completion.completion_tokens)
+        self.stats.served += 1
+        if payload.get("stream"):
+            events = synth.stream_events(completion, chat_id=chat_id, model=self.config.model)
+            response = web.StreamResponse(
+                headers={**headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+            )
+            await response.prepare(request)
+            for event in events:
+                await response.write(event)
+            await response.write_eof()
+            self._sign(chat_id, forwarded, b"".join(events))
+            return response
+        out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.config.model)).encode()
+        self._sign(chat_id, forwarded, out)
+        return web.Response(body=out, headers={**headers, "Content-Type": "application/json"})
+
+    def _sign(self, chat_id: str, request_bytes: bytes, response_bytes: bytes) -> None:
+        text = f"{hashlib.sha256(request_bytes).hexdigest()}:{hashlib.sha256(response_bytes).hexdigest()}"
+        signature = "0x" + self._tee_signer.sign_personal(text.encode()).hex()
+        now = time.monotonic()
+        if len(self._signatures) >= _MAX_SIGNATURES:
+            self._signatures = {k: v for k, v in self._signatures.items() if v[0] > now}
+        self._signatures[chat_id.lower()] = (
+            now + SIGNATURE_TTL,
+            {
+                "text": text,
+                "signature": signature,
+                "signing_address": self._tee_signer.address,
+                "signing_algo": "ecdsa",
+            },
+        )
+
+    # -- free routes -----------------------------------------------------------------------------
+
+    async def _signature(self, request: web.Request) -> web.Response:
+        entry = self._signatures.get(request.match_info["chat_id"].lower())
+        if entry is None or entry[0] <= time.monotonic():
+            return web.json_response({"error": "chat_id_not_found"}, status=400)
+        return web.json_response(entry[1])
+
+    async def _models(self, request: web.Request) -> web.Response:
+        cfg = self.config
+        model = {
+            "id": cfg.model,
+            "object": "model",
+            "type": cfg.service_type,
+            "pricing": {"prompt": str(cfg.input_price), "completion": str(cfg.output_price)},
+            "verifiability": cfg.verifiability,
+            "tee_attested": True,
+            "rate_limits": {
+                "requests_per_minute": cfg.limits.requests_per_minute,
+                "burst": cfg.limits.burst,
+                "max_concurrent_requests": cfg.limits.max_concurrent,
+                "tokens_per_minute": 0,
+                "images_per_minute": 0,
+            },
+        }
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _unsettled_fee(self, request: web.Request) -> web.Response:
+        try:
+            caller = await self.validator.validate(request.headers.get("Authorization"))
+        except SessionRejected as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        user = request.match_info["user"]
+        if caller.lower() != user.lower():
+            return web.json_response({"error": "you can only query your own unsettled fee"}, status=403)
+        return web.json_response({"userAddress": user, "unsettledFee": str(self.billing.unsettled(user))})
+
+    async def _unsupported(self, request: web.Request) -> web.Response:
+        return self._refuse(400, {"error": "endpoint not supported"})
+
+    def _refuse(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> web.Response:
+        self.stats.refused[status] = self.stats.refused.get(status, 0) + 1
+        return web.json_response(body, status=status, headers=headers)
