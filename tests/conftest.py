@@ -22,7 +22,10 @@ def node_modules() -> NodeModules:
 
 @pytest.fixture(scope="session")
 async def devnet(node_modules: NodeModules) -> AsyncIterator[Devnet]:
-    async with Devnet(DevnetConfig(providers=DEVNET_PROVIDERS), node_modules) as net:
+    # No settlement cadence: a test that wants a settlement asks for one, so no background transaction
+    # races a test's own writes or the snapshot reverts between tests.
+    config = DevnetConfig(providers=DEVNET_PROVIDERS, settle_interval=None)
+    async with Devnet(config, node_modules) as net:
         yield net
 
 

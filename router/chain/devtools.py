@@ -189,15 +189,16 @@ async def settle_fees(
     }
     items = []
     for item in settlements:
+        user = provider.w3.to_checksum_address(item.user)
         message = {
             "requestsHash": item.requests_hash,
             "nonce": item.nonce,
             "provider": address,
-            "user": item.user,
+            "user": user,
             "totalFee": item.total_fee,
         }
         signature = tee_signer.sign_typed_data(domain, _SETTLEMENT_TYPES, message)
-        items.append((item.user, address, item.total_fee, item.requests_hash, item.nonce, signature))
+        items.append((user, address, item.total_fee, item.requests_hash, item.nonce, signature))
     fn = provider.inference.functions.settleFeesWithTEE(items)
     statuses = await provider.read("settleFeesWithTEE", fn, from_address=address)
     await provider.transact("settleFeesWithTEE", fn)
