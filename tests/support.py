@@ -5,23 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
-from router.devnet import ProviderSpec
+from router.chain.client import ChainClient
+from router.chain.devtools import set_balance
+from router.chain.session import SessionTokens
+from router.chain.wallet import Wallet
+from router.devnet import Devnet, DevnetProvider, ProviderSpec
 from router.devnet.node_tools import NodeModules
+from router.devnet.simulator.limits import RateLimits
 
 NODE_SCRIPTS = Path(__file__).parent / "node"
+CHAT = "/v1/proxy/chat/completions"
 NEURON = 10**18
 CONNECT_TIMEOUT = 5.0
 
 DEVNET_PROVIDERS = (
     ProviderSpec(model="model-a", input_price=1_000_000_000, output_price=2_000_000_000),
     ProviderSpec(model="model-b", input_price=3_000_000_000, output_price=4_000_000_000),
-    ProviderSpec(model="model-a", input_price=5_000_000_000, output_price=6_000_000_000),
+    # A roomier RPM bucket, so six requests at once meet the concurrency cap rather than the RPM limit.
+    ProviderSpec(
+        model="model-a",
+        input_price=5_000_000_000,
+        output_price=6_000_000_000,
+        limits=RateLimits(requests_per_minute=120, burst=10),
+    ),
 )
 
 
@@ -55,3 +69,44 @@ async def assert_port_refuses(url: str) -> None:
     writer.close()
     await writer.wait_closed()
     pytest.fail(f"{url} still accepts connections")
+
+
+@dataclass
+class Client:
+    """A fresh funded wallet talking to one simulated provider."""
+
+    provider: DevnetProvider
+    chain: ChainClient
+    tokens: SessionTokens
+    http: aiohttp.ClientSession
+
+    @property
+    def address(self) -> str:
+        assert self.chain.wallet is not None
+        return self.chain.wallet.address
+
+    async def chat(self, body: dict[str, Any] | bytes, **headers: str) -> aiohttp.ClientResponse:
+        auth = headers.pop("authorization", None) or await self.tokens.authorization(self.provider.address)
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self.http.post(
+            self.provider.url + CHAT,
+            data=data,
+            headers={"Authorization": auth, "Content-Type": "application/json", **headers},
+        )
+
+
+def chat_body(provider: DevnetProvider, **extra: Any) -> dict[str, Any]:
+    return {"model": provider.spec.model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+
+
+async def funded_client(
+    devnet: Devnet, http: aiohttp.ClientSession, *, sub_account: int = 2 * NEURON, provider_index: int = 0
+) -> Client:
+    """A new wallet with a 10 0G ledger and ``sub_account`` moved to the provider."""
+    wallet = Wallet("0x" + os.urandom(32).hex())
+    await set_balance(devnet.owner, wallet.address, 100 * NEURON)
+    chain = await devnet.open_client(wallet)
+    provider = devnet.providers[provider_index]
+    await chain.add_ledger(10 * NEURON)
+    await chain.transfer_fund(provider.address, sub_account)
+    return Client(provider, chain, SessionTokens(chain), http)

@@ -5,73 +5,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import pytest
 from eth_account import Account as EthAccount
 from eth_account.messages import encode_defunct
 
-from router.chain.client import ChainClient
-from router.chain.devtools import SettlementStatus, set_balance
-from router.chain.session import SessionTokens, mint_session_token
+from router.chain.devtools import SettlementStatus
+from router.chain.session import mint_session_token
 from router.chain.wallet import Wallet
-from router.devnet import USER_KEY_INDEX, Devnet, DevnetProvider, dev_private_key
+from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
 from router.devnet.node_tools import NodeModules
-from tests.support import NEURON, run_node
-
-CHAT = "/v1/proxy/chat/completions"
-
-
-@dataclass
-class Client:
-    """A fresh funded wallet talking to one simulated provider."""
-
-    provider: DevnetProvider
-    chain: ChainClient
-    tokens: SessionTokens
-    http: aiohttp.ClientSession
-
-    @property
-    def address(self) -> str:
-        assert self.chain.wallet is not None
-        return self.chain.wallet.address
-
-    async def chat(self, body: dict[str, Any] | bytes, **headers: str) -> aiohttp.ClientResponse:
-        auth = headers.pop("authorization", None) or await self.tokens.authorization(self.provider.address)
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return await self.http.post(
-            self.provider.url + CHAT,
-            data=data,
-            headers={"Authorization": auth, "Content-Type": "application/json", **headers},
-        )
-
-
-def chat_body(provider: DevnetProvider, **extra: Any) -> dict[str, Any]:
-    return {"model": provider.spec.model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+from tests.support import NEURON, Client, chat_body, funded_client, run_node
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def funded_client(
-    devnet: Devnet, http: aiohttp.ClientSession, *, sub_account: int = 2 * NEURON, provider_index: int = 0
-) -> Client:
-    """A new wallet with a 10 0G ledger and ``sub_account`` moved to the provider."""
-    wallet = Wallet("0x" + os.urandom(32).hex())
-    await set_balance(devnet.owner, wallet.address, 100 * NEURON)
-    chain = await devnet.open_client(wallet)
-    provider = devnet.providers[provider_index]
-    await chain.add_ledger(10 * NEURON)
-    await chain.transfer_fund(provider.address, sub_account)
-    return Client(provider, chain, SessionTokens(chain), http)
 
 
 class TestChat:

@@ -27,8 +27,9 @@ from router.chain.wallet import Wallet
 from router.devnet.simulator import synth
 from router.devnet.simulator.auth import SessionRejected, SessionValidator
 from router.devnet.simulator.billing import Billing, BillingRefused
+from router.devnet.simulator.faults import ERROR_BODIES, FaultPlan, Faults
 from router.devnet.simulator.limits import LimitExceeded, RateLimits, WalletLimits
-from router.errors import ChainError
+from router.errors import ChainError, ConfigError
 from router.types import Account
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -52,6 +53,7 @@ class SimulatorConfig:
     limits: RateLimits = field(default_factory=RateLimits)
     max_global_concurrent: int = 20
     settle_interval: float | None = 5.0
+    faults: Faults = field(default_factory=Faults)
 
 
 @dataclass(slots=True)
@@ -85,13 +87,17 @@ class ProviderSimulator:
             chain, tee_signer, input_price=config.input_price, output_price=config.output_price
         )
         self.stats = SimulatorStats()
+        self.faults = FaultPlan(config.faults)
         self._chain = chain
         self._signatures: dict[str, tuple[float, dict[str, str]]] = {}
         self._in_flight = 0
         self._settle_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._admin: web.AppRunner | None = None
         self._settler: asyncio.Task[None] | None = None
         self.url = ""
+        self.admin_url = ""
 
     async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -104,9 +110,20 @@ class ProviderSimulator:
         app.router.add_route("*", "/v1/proxy/{tail:.*}", self._unsupported)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await self._site.start()
+        self._port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self._port}"
+        admin = web.Application()
+        admin.router.add_get("/admin/faults", self._get_faults)
+        admin.router.add_post("/admin/faults", self._set_faults)
+        admin.router.add_get("/admin/stats", self._get_stats)
+        self._admin = web.AppRunner(admin, access_log=None)
+        await self._admin.setup()
+        await web.TCPSite(self._admin, "127.0.0.1", 0).start()
+        self.admin_url = f"http://127.0.0.1:{self._admin.addresses[0][1]}"
+        if self.config.faults.down:
+            await self._site.stop()
         if self.config.settle_interval is not None:
             self._settler = asyncio.create_task(self._settle_forever(self.config.settle_interval))
         return self
@@ -121,8 +138,22 @@ class ProviderSimulator:
             self._settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._settler
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._admin, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+
+    async def set_faults(self, faults: Faults) -> None:
+        """Apply new knobs now; ``down`` closes or re-opens the listening socket on the same port."""
+        was_down = self.faults.faults.down
+        self.faults.set(faults)
+        if faults.down == was_down or self._runner is None:
+            return
+        if faults.down:
+            assert self._site is not None
+            await self._site.stop()
+        else:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+            await self._site.start()
 
     async def settle_now(self) -> dict[str, SettlementStatus]:
         """Run one settlement cycle now (tests do this instead of waiting for the cadence)."""
@@ -193,6 +224,19 @@ class ProviderSimulator:
         except BillingRefused as exc:
             return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
 
+        knobs = self.faults.faults
+        fault = self.faults.draw()
+        if knobs.latency:
+            await asyncio.sleep(knobs.latency)
+        if fault == "reset_before_headers":
+            return self._reset(request)
+        if fault in ("error_500", "error_502", "error_503"):
+            status = int(fault.removeprefix("error_"))
+            return self._refuse(status, ERROR_BODIES[status])
+        if fault == "rate_limit_storm":
+            storm = {"error": {"type": "rate_limit_error", "message": "Rate limit exceeded."}}
+            return self._refuse(429, storm, rate_headers)
+
         prepared = {**payload, "model": self.config.model}
         if payload.get("stream"):
             prepared["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
@@ -205,18 +249,51 @@ class ProviderSimulator:
         self.stats.served += 1
         if payload.get("stream"):
             events = synth.stream_events(completion, chat_id=chat_id, model=self.config.model)
-            response = web.StreamResponse(
-                headers={**headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
-            )
-            await response.prepare(request)
-            for event in events:
-                await response.write(event)
-            await response.write_eof()
-            self._sign(chat_id, forwarded, b"".join(events))
-            return response
+            if fault == "malformed_json":
+                events[1] = b"data: {not json\n\n"
+            stream_headers = {**headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+            return await self._stream(request, events, stream_headers, fault, chat_id, forwarded)
         out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.config.model)).encode()
+        if fault == "malformed_json":
+            out = out[: len(out) // 2]
+        if fault in ("drop_mid_stream", "stall_body"):
+            # Headers and half the body go out; then the connection drops or the rest never comes.
+            json_headers = {**headers, "Content-Type": "application/json", "Content-Length": str(len(out))}
+            return await self._stream(
+                request, [out[: len(out) // 2]], json_headers, fault, chat_id, forwarded
+            )
         self._sign(chat_id, forwarded, out)
         return web.Response(body=out, headers={**headers, "Content-Type": "application/json"})
+
+    async def _stream(
+        self,
+        request: web.Request,
+        parts: list[bytes],
+        headers: dict[str, str],
+        fault: str | None,
+        chat_id: str,
+        forwarded: bytes,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
+        for index, part in enumerate(parts):
+            if index and self.faults.faults.chunk_delay:
+                await asyncio.sleep(self.faults.faults.chunk_delay)
+            await response.write(part)
+            if fault == "drop_mid_stream":
+                return self._reset(request, response)
+            if fault == "stall_body":
+                await asyncio.sleep(self.faults.faults.stall_seconds)
+        await response.write_eof()
+        self._sign(chat_id, forwarded, b"".join(parts))
+        return response
+
+    @staticmethod
+    def _reset(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:
+        """Drop the connection at once (no response, or a truncated one)."""
+        if request.transport is not None:
+            request.transport.abort()
+        return response or web.Response()
 
     def _sign(self, chat_id: str, request_bytes: bytes, response_bytes: bytes) -> None:
         text = f"{hashlib.sha256(request_bytes).hexdigest()}:{hashlib.sha256(response_bytes).hexdigest()}"
@@ -270,6 +347,38 @@ class ProviderSimulator:
         if caller.lower() != user.lower():
             return web.json_response({"error": "you can only query your own unsettled fee"}, status=403)
         return web.json_response({"userAddress": user, "unsettledFee": str(self.billing.unsettled(user))})
+
+    # -- admin routes (own port, so they answer while the provider is "down") ----------------------
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.faults.faults.as_dict())
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            return web.json_response({"error": "the body must be a JSON object of knob values"}, status=400)
+        try:
+            faults = self.faults.faults.updated(changes)
+        except ConfigError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        await self.set_faults(faults)
+        return web.json_response(faults.as_dict())
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        stats = self.stats
+        return web.json_response(
+            {
+                "served": stats.served,
+                "refused": {str(k): v for k, v in stats.refused.items()},
+                "in_flight": self._in_flight,
+                "peak_global_in_flight": stats.peak_global_in_flight,
+                "peak_in_flight_per_wallet": self.limits.peak_in_flight,
+                "settlement_errors": stats.settlement_errors,
+            }
+        )
 
     async def _unsupported(self, request: web.Request) -> web.Response:
         return self._refuse(400, {"error": "endpoint not supported"})

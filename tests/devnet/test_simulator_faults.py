@@ -1,0 +1,164 @@
+"""Each fault knob of a simulated provider makes its fault happen, set at runtime through the admin route."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from router.devnet import Devnet
+from router.devnet.simulator.faults import FaultPlan, Faults
+from router.errors import ConfigError
+from tests.support import Client, chat_body, funded_client
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def client(fresh_devnet: Devnet, http: aiohttp.ClientSession) -> AsyncIterator[Client]:
+    """A funded wallet on provider 2; its simulator's knobs are reset after the test."""
+    funded = await funded_client(fresh_devnet, http, provider_index=2)
+    try:
+        yield funded
+    finally:
+        await funded.provider.simulator.set_faults(Faults())
+
+
+async def set_knobs(client: Client, **knobs: Any) -> dict[str, Any]:
+    async with client.http.post(
+        client.provider.simulator.admin_url + "/admin/faults", json=knobs
+    ) as response:
+        body: dict[str, Any] = await response.json()
+        assert response.status == 200, body
+        return body
+
+
+class TestKnobs:
+    async def test_latency_delays_the_response(self, client: Client) -> None:
+        await set_knobs(client, latency=0.25)
+        started = time.monotonic()
+        response = await client.chat(chat_body(client.provider))
+        await response.read()
+        assert response.status == 200
+        assert time.monotonic() - started >= 0.25
+
+    async def test_chunk_delay_spaces_the_stream(self, client: Client) -> None:
+        """With 4 tokens the stream has 7 events, so 6 gaps of at least chunk_delay."""
+        await set_knobs(client, chunk_delay=0.05)
+        started = time.monotonic()
+        response = await client.chat(chat_body(client.provider, stream=True, max_tokens=4))
+        body = await response.read()
+        assert body.endswith(b"data: [DONE]\n\n")
+        assert time.monotonic() - started >= 6 * 0.05
+
+    @pytest.mark.parametrize(("knob", "status"), [("error_500", 500), ("error_502", 502), ("error_503", 503)])
+    async def test_server_errors(self, client: Client, knob: str, status: int) -> None:
+        await set_knobs(client, **{knob: 1.0})
+        response = await client.chat(chat_body(client.provider))
+        assert response.status == status
+        assert "error" in await response.json()
+
+    async def test_rate_limit_storm(self, client: Client) -> None:
+        await set_knobs(client, rate_limit_storm=1.0)
+        response = await client.chat(chat_body(client.provider))
+        assert response.status == 429
+        assert (await response.json())["error"]["type"] == "rate_limit_error"
+
+    async def test_reset_before_headers(self, client: Client) -> None:
+        await set_knobs(client, reset_before_headers=1.0)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await client.chat(chat_body(client.provider))
+
+    async def test_drop_mid_stream(self, client: Client) -> None:
+        """The first chunk arrives, then the connection drops: no [DONE]."""
+        await set_knobs(client, drop_mid_stream=1.0)
+        response = await client.chat(chat_body(client.provider, stream=True))
+        assert response.status == 200
+        first = await response.content.readline()
+        assert first.startswith(b"data: {")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+    async def test_stalled_body(self, client: Client) -> None:
+        """Headers come, the body does not: the client's read times out."""
+        await set_knobs(client, stall_body=1.0, stall_seconds=1.0)
+        response = await client.chat(chat_body(client.provider))
+        assert response.status == 200
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await response.read()
+        response.close()
+
+    async def test_malformed_json(self, client: Client) -> None:
+        await set_knobs(client, malformed_json=1.0)
+        response = await client.chat(chat_body(client.provider))
+        assert response.status == 200
+        with pytest.raises(ValueError, match=r"Unterminated|Expecting"):
+            json.loads(await response.read())
+
+    async def test_down_refuses_connections_and_comes_back(self, client: Client) -> None:
+        await set_knobs(client, down=True)
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await client.chat(chat_body(client.provider))
+        await set_knobs(client, down=False)
+        assert (await client.chat(chat_body(client.provider))).status == 200
+
+
+class TestConcurrencyLimit:
+    async def test_six_at_once_from_one_wallet_serves_exactly_five(self, client: Client) -> None:
+        """With requests held in flight, the sixth meets the per-wallet cap: the string-bodied 429."""
+        await set_knobs(client, latency=0.3)
+        responses = await asyncio.gather(*(client.chat(chat_body(client.provider)) for _ in range(6)))
+        statuses = sorted(r.status for r in responses)
+        assert statuses == [200] * 5 + [429]
+        (refused,) = [r for r in responses if r.status == 429]
+        assert isinstance((await refused.json())["error"], str)
+        async with client.http.get(client.provider.simulator.admin_url + "/admin/stats") as stats:
+            peak = (await stats.json())["peak_in_flight_per_wallet"][client.address.lower()]
+        assert peak == 5
+
+
+class TestAdmin:
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ({"nonsense": 1}, "unknown fault knobs: nonsense"),
+            ({"error_500": 2}, "probability in"),
+            ({"error_500": 0.6, "error_503": 0.6}, "more than 1"),
+            ({"down": "yes"}, "true or false"),
+            ([1, 2], "JSON object"),
+        ],
+    )
+    async def test_bad_knobs_are_refused(self, client: Client, body: Any, message: str) -> None:
+        url = client.provider.simulator.admin_url + "/admin/faults"
+        async with client.http.post(url, json=body) as response:
+            assert response.status == 400
+            assert message in (await response.json())["error"]
+        async with client.http.get(url) as current:
+            assert (await current.json()) == Faults().as_dict()
+
+
+class TestReproducibility:
+    def test_the_same_seed_draws_the_same_faults(self) -> None:
+        """One seed, the same failures in the same order; rates follow the knobs; another seed differs."""
+        knobs = Faults(error_500=0.3, error_503=0.2, seed=7)
+        plan_a, plan_b = FaultPlan(knobs), FaultPlan(knobs)
+        draws = [plan_a.draw() for _ in range(200)]
+        assert draws == [plan_b.draw() for _ in range(200)]
+        assert 40 <= draws.count("error_500") <= 80
+        assert 20 <= draws.count("error_503") <= 60
+        other = FaultPlan(Faults(error_500=0.3, error_503=0.2, seed=8))
+        assert draws != [other.draw() for _ in range(200)]
+
+    def test_invalid_knobs_at_start(self) -> None:
+        with pytest.raises(ConfigError):
+            Faults(latency=-1)
