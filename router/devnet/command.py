@@ -36,7 +36,10 @@ def devnet_summary(devnet: Devnet) -> dict[str, object]:
             "address": devnet.user_wallet.address,
             "private_key": dev_private_key(USER_KEY_INDEX),
         },
-        "providers": [{"address": p.address, "url": p.url, "model": p.spec.model} for p in devnet.providers],
+        "providers": [
+            {"address": p.address, "url": p.url, "model": p.spec.model, "admin_url": p.simulator.admin_url}
+            for p in devnet.providers
+        ],
     }
 
 
@@ -70,5 +73,5 @@ def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:
     ]
     providers = summary["providers"]
     assert isinstance(providers, list)
-    lines += [f"    {p['address']}  {p['model']:<20} {p['url']}" for p in providers]
+    lines += [f"    {p['address']}  {p['model']:<20} {p['url']}  (admin {p['admin_url']})" for p in providers]
     print("\n".join(lines), flush=True)

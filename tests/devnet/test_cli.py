@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from router.chain.client import ChainClient
@@ -117,12 +118,21 @@ class TestDevnetCommand:
                     assert (service.input_price, service.output_price) == (7, 9)
                 ledger = await chain.get_ledger(summary["user"]["address"])
                 assert ledger is not None
+            async with aiohttp.ClientSession() as http:
+                for printed in summary["providers"]:
+                    async with http.get(printed["url"] + "/v1/models") as models:
+                        assert (await models.json())["data"][0]["id"] == printed["model"]
+                    async with http.get(printed["admin_url"] + "/admin/faults") as faults:
+                        assert (await faults.json())["down"] is False
 
             stderr = await stop(process, group=False)
             assert process.returncode == 0, stderr.decode(errors="replace")
             assert b"devnet stopped" in stderr
             assert b"Traceback" not in stderr
         await assert_port_refuses(summary["rpc_url"])
+        for printed in summary["providers"]:
+            await assert_port_refuses(printed["url"])
+            await assert_port_refuses(printed["admin_url"])
 
     async def test_readable_summary_names_rpc_and_providers_and_ctrl_c_stops(
         self, node_modules: NodeModules

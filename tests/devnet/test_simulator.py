@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -18,7 +20,8 @@ from router.chain.session import mint_session_token
 from router.chain.wallet import Wallet
 from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
 from router.devnet.node_tools import NodeModules
-from tests.support import NEURON, Client, chat_body, funded_client, run_node
+from router.devnet.simulator.server import ProviderSimulator
+from tests.support import CHAT, NEURON, Client, chat_body, funded_client, run_node
 
 
 @pytest.fixture
@@ -197,6 +200,29 @@ class TestMoney:
         assert after is not None
         assert before.balance - after.balance == fees
         assert await self._unsettled(client) == 0
+
+    async def test_the_settlement_cadence_settles_without_being_asked(
+        self, fresh_devnet: Devnet, http: aiohttp.ClientSession
+    ) -> None:
+        """A simulator with a 50 ms cadence settles a served request on its own, to the wei."""
+        client = await funded_client(fresh_devnet, http)
+        provider = client.provider
+        before = await client.chain.get_account(client.address, provider.address)
+        assert before is not None
+        config = replace(provider.simulator.config, settle_interval=0.05)
+        async with ProviderSimulator(provider.chain, provider.tee_signer, config) as simulator:
+            auth = await client.tokens.authorization(provider.address)
+            async with http.post(
+                simulator.url + CHAT, json=chat_body(provider), headers={"Authorization": auth}
+            ) as r:
+                usage = (await r.json())["usage"]
+            fee = simulator.billing.fee(usage["prompt_tokens"], usage["completion_tokens"])
+            async with asyncio.timeout(10):
+                await simulator.billing.wait_settled(client.address, fee)
+        after = await client.chain.get_account(client.address, provider.address)
+        assert after is not None
+        assert before.balance - after.balance == fee
+        assert simulator.billing.unsettled(client.address) == 0
 
     async def test_unsettled_fee_is_private_to_its_user(
         self, fresh_devnet: Devnet, http: aiohttp.ClientSession

@@ -8,6 +8,7 @@ with the TEE key and submits one ``settleFeesWithTEE`` batch per 50 users.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class Billing:
         self.bills: dict[str, UserBill] = {}
         self._accounts: dict[str, Account | None] = {}
         self._last_nonce = 0
+        self._cycle_done = asyncio.Condition()
 
     @property
     def provider(self) -> str:
@@ -105,7 +107,15 @@ class Billing:
                     # The broker deletes such requests: they are never billed (§6.2 step 8).
                     bill.unsettled -= owed[user]
                 self._accounts.pop(user, None)
+        async with self._cycle_done:
+            self._cycle_done.notify_all()
         return outcome
+
+    async def wait_settled(self, user: str, amount: int) -> None:
+        """Return once settlement cycles have settled at least ``amount`` of ``user``'s fees."""
+        bill = self.bills.setdefault(user.lower(), UserBill())
+        async with self._cycle_done:
+            await self._cycle_done.wait_for(lambda: bill.settled >= amount)
 
     def _covers(self, account: Account | None, user: str) -> bool:
         if account is None:
