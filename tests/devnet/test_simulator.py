@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -293,3 +294,89 @@ class TestModels:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class TestOtherRoutes:
+    async def _post(self, client: Client, route: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        auth = await client.tokens.authorization(client.provider.address)
+        return await client.http.post(
+            f"{client.provider.url}/v1/proxy/{route}", headers={"Authorization": auth}, **kwargs
+        )
+
+    async def test_embeddings_are_billed_at_the_input_price(
+        self, fresh_devnet: Devnet, http: aiohttp.ClientSession
+    ) -> None:
+        client = await funded_client(fresh_devnet, http)
+        response = await self._post(
+            client, "embeddings", json={"model": client.provider.spec.model, "input": ["a b c", "d"]}
+        )
+        body = await response.json()
+        assert response.status == 200, body
+        assert [d["index"] for d in body["data"]] == [0, 1]
+        assert len(body["data"][0]["embedding"]) == 8
+        assert body["usage"]["prompt_tokens"] == 4
+        assert (
+            client.provider.simulator.billing.unsettled(client.address)
+            == 4 * client.provider.spec.input_price
+        )
+
+    async def test_images_are_billed_per_image_and_signed_per_image(
+        self, fresh_devnet: Devnet, http: aiohttp.ClientSession
+    ) -> None:
+        """Two images: billed 2 * output price; the signed text lists each image's sha256."""
+        client = await funded_client(fresh_devnet, http)
+        request = {"model": client.provider.spec.model, "prompt": "a lighthouse", "n": 2}
+        response = await self._post(client, "images/generations", json=request)
+        body = await response.json()
+        assert response.status == 200, body
+        pictures = [base64.b64decode(d["b64_json"]) for d in body["data"]]
+        assert len(pictures) == 2
+        assert (
+            client.provider.simulator.billing.unsettled(client.address)
+            == 2 * client.provider.spec.output_price
+        )
+        key = response.headers["ZG-Res-Key"]
+        signed = await (await http.get(f"{client.provider.url}/v1/proxy/signature/{key}")).json()
+        assert signed["text"].split(":")[1] == ",".join(hashlib.sha256(p).hexdigest() for p in pictures)
+        signer = EthAccount.recover_message(
+            encode_defunct(text=signed["text"]), signature=signed["signature"]
+        )
+        assert signer == client.provider.tee_signer.address
+
+    async def test_audio_transcription_takes_a_multipart_upload(
+        self, fresh_devnet: Devnet, http: aiohttp.ClientSession
+    ) -> None:
+        client = await funded_client(fresh_devnet, http)
+        form = aiohttp.FormData()
+        form.add_field("model", client.provider.spec.model)
+        form.add_field("file", b"\x00" * 3500, filename="speech.wav", content_type="audio/wav")
+        response = await self._post(client, "audio/transcriptions", data=form)
+        body = await response.json()
+        assert response.status == 200, body
+        assert len(body["text"].split()) == 3
+        assert (
+            client.provider.simulator.billing.unsettled(client.address)
+            == 3 * client.provider.spec.output_price
+        )
+
+    @pytest.mark.parametrize(
+        ("route", "request_body", "message"),
+        [
+            ("embeddings", {"input": 5}, "input must be"),
+            ("images/generations", {"prompt": "x", "n": 0}, "n must be 1-10"),
+            ("images/generations", {"n": 1}, "prompt is required"),
+            ("audio/transcriptions", {"model": "x"}, "expected multipart/form-data"),
+        ],
+    )
+    async def test_bad_bodies_are_400s(
+        self,
+        fresh_devnet: Devnet,
+        http: aiohttp.ClientSession,
+        route: str,
+        request_body: dict[str, Any],
+        message: str,
+    ) -> None:
+        client = await funded_client(fresh_devnet, http)
+        response = await self._post(client, route, json=request_body)
+        assert response.status == 400
+        assert message in (await response.json())["error"]

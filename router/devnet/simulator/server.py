@@ -9,7 +9,9 @@ TEE key over ``sha256(request as forwarded):sha256(response bytes)`` and served 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
 import hashlib
 import json
 import time
@@ -24,11 +26,12 @@ from aiohttp import web
 from router.chain.client import ChainClient
 from router.chain.devtools import SettlementStatus
 from router.chain.wallet import Wallet
-from router.devnet.simulator import synth
+from router.devnet.simulator import payloads, synth
 from router.devnet.simulator.auth import SessionRejected, SessionValidator
 from router.devnet.simulator.billing import Billing, BillingRefused
 from router.devnet.simulator.faults import ERROR_BODIES, FaultPlan, Faults
 from router.devnet.simulator.limits import LimitExceeded, RateLimits, WalletLimits
+from router.devnet.simulator.payloads import Payload
 from router.errors import ChainError, ConfigError
 from router.types import Account
 
@@ -39,6 +42,29 @@ _VALIDATION_CONTEXT = "Provider proxy: handle proxied service, validate request:
 _BUSY = {"error": "Server is currently processing too many requests. Please try again later."}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class _Call:
+    """An admitted billed request on its way to a route's producer."""
+
+    request: web.Request
+    body: bytes
+    payload: Payload
+    user: str
+    rate_headers: dict[str, str]
+    provider: str
+    chat_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    fault: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of a 200: rate limits, the chat key, and (only on success) ``Provider``."""
+        return {**self.rate_headers, "ZG-Res-Key": self.chat_id, "Provider": self.provider}
+
+
+Parser = Callable[[bytes, str], "Payload | str"]
+Producer = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +127,17 @@ class ProviderSimulator:
 
     async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        for path in ("/v1/proxy/chat/completions", "/v1/proxy/v1/chat/completions"):
-            app.router.add_post(path, self._guarded(self._chat))
+        routes: dict[str, tuple[Parser, Producer]] = {
+            "chat/completions": (payloads.chat, self._produce_chat),
+            "embeddings": (payloads.embeddings, self._produce_embeddings),
+            "images/generations": (payloads.images, self._produce_images),
+            "audio/transcriptions": (payloads.transcription, self._produce_transcription),
+        }
+        for route, (parse, produce) in routes.items():
+            handler = self._guarded(functools.partial(self._billed, parse=parse, produce=produce))
+            # A redundant /v1 after the prefix is tolerated, as the broker does.
+            app.router.add_post(f"/v1/proxy/{route}", handler)
+            app.router.add_post(f"/v1/proxy/v1/{route}", handler)
         app.router.add_get("/v1/proxy/signature/{chat_id}", self._signature)
         app.router.add_get("/v1/proxy/v1/signature/{chat_id}", self._signature)
         app.router.add_get("/v1/models", self._models)
@@ -193,7 +228,8 @@ class ProviderSimulator:
 
         return guarded
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _billed(self, request: web.Request, parse: Parser, produce: Producer) -> web.StreamResponse:
+        """The broker's checks for every billed route, then the route's producer."""
         body = await request.read()
         try:
             user = await self.validator.validate(request.headers.get("Authorization"))
@@ -202,68 +238,95 @@ class ProviderSimulator:
         rate_headers = self.limits.headers(user)
         try:
             with self.limits.admit(user):
-                return await self._serve_chat(request, body, user, rate_headers)
+                payload = parse(body, request.headers.get("Content-Type", ""))
+                if isinstance(payload, str):
+                    return self._refuse(400, {"error": payload})
+                model = payload.get("model") or self.config.model
+                if str(model).lower() != self.config.model.lower():
+                    message = f'model not supported: requested "{model}", accepted: ["{self.config.model}"]'
+                    return self._refuse(400, {"error": _VALIDATION_CONTEXT + message})
+                try:
+                    await self.billing.check(user)
+                except BillingRefused as exc:
+                    return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
+                call = _Call(request, body, payload, user, rate_headers, self.address)
+                return await self._faulty(request, produce, call)
         except LimitExceeded as exc:
             return self._refuse(429, exc.body, rate_headers)
 
-    async def _serve_chat(
-        self, request: web.Request, body: bytes, user: str, rate_headers: dict[str, str]
-    ) -> web.StreamResponse:
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return self._refuse(400, {"error": "invalid request body: not JSON"})
-        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
-            return self._refuse(400, {"error": "invalid request body: messages is required"})
-        model = payload.get("model") or self.config.model
-        if str(model).lower() != self.config.model.lower():
-            message = f'model not supported: requested "{model}", accepted: ["{self.config.model}"]'
-            return self._refuse(400, {"error": _VALIDATION_CONTEXT + message})
-        try:
-            await self.billing.check(user)
-        except BillingRefused as exc:
-            return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
-
+    async def _faulty(self, request: web.Request, produce: Producer, call: _Call) -> web.StreamResponse:
+        """Apply this request's drawn fault: early ones here, in-body ones in the producer."""
         knobs = self.faults.faults
-        fault = self.faults.draw()
+        call.fault = self.faults.draw()
         if knobs.latency:
             await asyncio.sleep(knobs.latency)
-        if fault == "reset_before_headers":
+        if call.fault == "reset_before_headers":
             return self._reset(request)
-        if fault in ("error_500", "error_502", "error_503"):
-            status = int(fault.removeprefix("error_"))
+        if call.fault in ("error_500", "error_502", "error_503"):
+            status = int(call.fault.removeprefix("error_"))
             return self._refuse(status, ERROR_BODIES[status])
-        if fault == "rate_limit_storm":
+        if call.fault == "rate_limit_storm":
             storm = {"error": {"type": "rate_limit_error", "message": "Rate limit exceeded."}}
-            return self._refuse(429, storm, rate_headers)
+            return self._refuse(429, storm, call.rate_headers)
+        self.stats.served += 1
+        return await produce(call)
 
+    async def _produce_chat(self, call: _Call) -> web.StreamResponse:
+        payload = call.payload
         prepared = {**payload, "model": self.config.model}
         if payload.get("stream"):
             prepared["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-        forwarded = body if prepared == payload else json.dumps(prepared).encode()
+        forwarded = call.body if prepared == payload else json.dumps(prepared).encode()
         completion = synth.complete(prepared)
-        chat_id = str(uuid.uuid4())
-        headers = {**rate_headers, "ZG-Res-Key": chat_id, "Provider": self.address}
         # Billed up front: the broker bills what was generated even if the client goes away.
-        self.billing.charge(user, completion.prompt_tokens, completion.completion_tokens)
-        self.stats.served += 1
+        self.billing.charge(call.user, completion.prompt_tokens, completion.completion_tokens)
+        chat_id, fault = call.chat_id, call.fault
         if payload.get("stream"):
             events = synth.stream_events(completion, chat_id=chat_id, model=self.config.model)
             if fault == "malformed_json":
                 events[1] = b"data: {not json\n\n"
-            stream_headers = {**headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
-            return await self._stream(request, events, stream_headers, fault, chat_id, forwarded)
+            stream_headers = {**call.headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+            return await self._stream(call.request, events, stream_headers, fault, chat_id, forwarded)
         out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.config.model)).encode()
         if fault == "malformed_json":
             out = out[: len(out) // 2]
         if fault in ("drop_mid_stream", "stall_body"):
             # Headers and half the body go out; then the connection drops or the rest never comes.
-            json_headers = {**headers, "Content-Type": "application/json", "Content-Length": str(len(out))}
+            json_headers = {
+                **call.headers,
+                "Content-Type": "application/json",
+                "Content-Length": str(len(out)),
+            }
             return await self._stream(
-                request, [out[: len(out) // 2]], json_headers, fault, chat_id, forwarded
+                call.request, [out[: len(out) // 2]], json_headers, fault, chat_id, forwarded
             )
-        self._sign(chat_id, forwarded, out)
-        return web.Response(body=out, headers={**headers, "Content-Type": "application/json"})
+        self._sign(chat_id, _sha256(forwarded), out)
+        return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
+
+    async def _produce_embeddings(self, call: _Call) -> web.StreamResponse:
+        body, tokens = synth.embedding_body(call.payload, model=self.config.model)
+        self.billing.charge(call.user, tokens, 0)
+        out = json.dumps(body).encode()
+        self._sign(call.chat_id, _sha256(call.body), out)
+        return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
+
+    async def _produce_images(self, call: _Call) -> web.StreamResponse:
+        pictures = synth.images(call.payload)
+        # Billed per image at the output price (protocol.md §4.5).
+        self.billing.charge(call.user, 0, len(pictures))
+        data = [{"b64_json": base64.b64encode(p).decode()} for p in pictures]
+        out = json.dumps({"created": int(time.time()), "data": data}).encode()
+        # Image signatures cover each image, not the JSON around them (protocol.md §5.3).
+        image_hashes = ",".join(hashlib.sha256(p).hexdigest() for p in pictures)
+        self._sign_text(call.chat_id, f"{_sha256(call.body)}:{image_hashes}")
+        return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
+
+    async def _produce_transcription(self, call: _Call) -> web.StreamResponse:
+        text = synth.transcription_text(call.payload["file"])
+        self.billing.charge(call.user, 0, len(text.split()))
+        out = json.dumps({"text": text}).encode()
+        self._sign(call.chat_id, _sha256(call.body), out)
+        return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _stream(
         self,
@@ -285,7 +348,7 @@ class ProviderSimulator:
             if fault == "stall_body":
                 await asyncio.sleep(self.faults.faults.stall_seconds)
         await response.write_eof()
-        self._sign(chat_id, forwarded, b"".join(parts))
+        self._sign(chat_id, _sha256(forwarded), b"".join(parts))
         return response
 
     @staticmethod
@@ -295,8 +358,10 @@ class ProviderSimulator:
             request.transport.abort()
         return response or web.Response()
 
-    def _sign(self, chat_id: str, request_bytes: bytes, response_bytes: bytes) -> None:
-        text = f"{hashlib.sha256(request_bytes).hexdigest()}:{hashlib.sha256(response_bytes).hexdigest()}"
+    def _sign(self, chat_id: str, request_sha256: str, response_bytes: bytes) -> None:
+        self._sign_text(chat_id, f"{request_sha256}:{_sha256(response_bytes)}")
+
+    def _sign_text(self, chat_id: str, text: str) -> None:
         signature = "0x" + self._tee_signer.sign_personal(text.encode()).hex()
         now = time.monotonic()
         if len(self._signatures) >= _MAX_SIGNATURES:
@@ -388,3 +453,7 @@ class ProviderSimulator:
     ) -> web.Response:
         self.stats.refused[status] = self.stats.refused.get(status, 0) + 1
         return web.json_response(body, status=status, headers=headers)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

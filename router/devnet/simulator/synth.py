@@ -148,3 +148,35 @@ def _text_of(message: Any) -> str:
     if isinstance(content, list):
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return ""
+
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def embedding_body(payload: dict[str, Any], *, model: str) -> tuple[dict[str, Any], int]:
+    """An ``embeddings`` list response and its prompt-token count; vectors are seeded by the text."""
+    data, tokens = [], 0
+    for index, text in enumerate(payload["input"]):
+        tokens += max(1, len(text.split()))
+        digest = hashlib.sha256(text.encode()).digest()
+        vector = [round(b / 255 - 0.5, 6) for b in digest[:EMBEDDING_DIMENSIONS]]
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return body, tokens
+
+
+def images(payload: dict[str, Any]) -> list[bytes]:
+    """``n`` tiny distinct "images" for a prompt (bytes; the route serves them base64-encoded)."""
+    seed = hashlib.sha256(payload["prompt"].encode()).digest()
+    return [b"\x89PNG\r\n\x1a\n" + hashlib.sha256(seed + bytes([i])).digest() for i in range(payload["n"])]
+
+
+def transcription_text(audio: bytes) -> str:
+    """Words seeded by the audio bytes: one word per 1,000 bytes, at least one."""
+    rng = random.Random(hashlib.sha256(audio).digest())  # noqa: S311 - reproducible filler text
+    return " ".join(rng.choice(_WORDS) for _ in range(max(1, len(audio) // 1000)))
