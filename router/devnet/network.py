@@ -32,6 +32,7 @@ from router.chain.networks import DEVNET, Network
 from router.chain.wallet import Wallet
 from router.devnet.anvil import Anvil
 from router.devnet.node_tools import NodeModules, contract_artifacts, find_node_modules
+from router.devnet.simulator.faults import Faults
 from router.devnet.simulator.limits import RateLimits
 from router.devnet.simulator.server import ProviderSimulator, SimulatorConfig
 from router.errors import ConfigError
@@ -62,6 +63,8 @@ class ProviderSpec:
     service_type: str = "chatbot"
     verifiability: str = "TeeML"
     limits: RateLimits = field(default_factory=RateLimits)
+    faults: Faults = field(default_factory=Faults)
+    max_global_concurrent: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,9 @@ class Devnet:
             service_type=spec.service_type,
             verifiability=spec.verifiability,
             limits=spec.limits,
+            max_global_concurrent=spec.max_global_concurrent,
             settle_interval=self.config.settle_interval,
+            faults=spec.faults,
         )
 
     async def _client(self, index: int) -> ChainClient:

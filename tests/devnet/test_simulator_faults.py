@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
 
-from router.devnet import Devnet
+from router.devnet import Devnet, DevnetConfig, ProviderSpec
+from router.devnet.node_tools import NodeModules
 from router.devnet.simulator.faults import FaultPlan, Faults
+from router.devnet.simulator.server import ProviderSimulator
 from router.errors import ConfigError
-from tests.support import Client, chat_body, funded_client
+from tests.support import CHAT, Client, assert_port_refuses, chat_body, funded_client
 
 
 @pytest.fixture
@@ -162,3 +166,45 @@ class TestReproducibility:
     def test_invalid_knobs_at_start(self) -> None:
         with pytest.raises(ConfigError):
             Faults(latency=-1)
+
+
+class TestProviderWideChecks:
+    async def test_global_concurrency_cap_answers_503(
+        self, fresh_devnet: Devnet, http: aiohttp.ClientSession
+    ) -> None:
+        """Global cap 2 and slow answers: the third request at once gets the 503 busy body."""
+        client = await funded_client(fresh_devnet, http, provider_index=2)
+        provider = client.provider
+        config = replace(provider.simulator.config, max_global_concurrent=2, faults=Faults(latency=0.3))
+        async with ProviderSimulator(provider.chain, provider.tee_signer, config) as simulator:
+            auth = await client.tokens.authorization(provider.address)
+            responses = await asyncio.gather(
+                *(
+                    http.post(simulator.url + CHAT, json=chat_body(provider), headers={"Authorization": auth})
+                    for _ in range(3)
+                )
+            )
+            assert sorted(r.status for r in responses) == [200, 200, 503]
+            (busy,) = [r for r in responses if r.status == 503]
+            assert (await busy.json())["error"].startswith("Server is currently processing too many requests")
+
+    async def test_an_oversized_body_is_413(self, client: Client) -> None:
+        oversized = io.BytesIO(b"x" * (32 * 1024 * 1024 + 1))
+        auth = await client.tokens.authorization(client.provider.address)
+        response = await client.http.post(
+            client.provider.url + CHAT, data=oversized, headers={"Authorization": auth}
+        )
+        assert response.status == 413
+        assert "exceeds the maximum allowed size of 32MB" in (await response.json())["error"]
+
+
+class TestFaultsAtStart:
+    async def test_a_provider_can_start_down(self, node_modules: NodeModules) -> None:
+        """ProviderSpec faults apply from the start: a provider started down refuses connections."""
+        spec = ProviderSpec(model="m", faults=Faults(down=True))
+        async with Devnet(DevnetConfig(providers=(spec,), settle_interval=None), node_modules) as devnet:
+            await assert_port_refuses(devnet.providers[0].url)
+            async with aiohttp.ClientSession() as http:
+                url = devnet.providers[0].simulator.admin_url + "/admin/faults"
+                async with http.get(url) as response:
+                    assert (await response.json())["down"] is True
