@@ -5,9 +5,9 @@ from router.devnet.network import (
     Devnet,
     DevnetConfig,
     DevnetProvider,
-    ProviderSpec,
     dev_private_key,
 )
+from router.devnet.simulator.spec import ProviderSpec
 
 __all__ = [
     "USER_KEY_INDEX",

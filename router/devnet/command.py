@@ -9,7 +9,8 @@ import json
 import signal
 import sys
 
-from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
+from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, dev_private_key
+from router.devnet.simulator.spec import ProviderSpec
 
 
 def devnet_config(args: argparse.Namespace) -> DevnetConfig:

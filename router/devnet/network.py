@@ -32,9 +32,8 @@ from router.chain.networks import DEVNET, Network
 from router.chain.wallet import Wallet
 from router.devnet.anvil import Anvil
 from router.devnet.node_tools import NodeModules, contract_artifacts, find_node_modules
-from router.devnet.simulator.faults import Faults
-from router.devnet.simulator.limits import RateLimits
-from router.devnet.simulator.server import ProviderSimulator, SimulatorConfig
+from router.devnet.simulator.server import ProviderSimulator
+from router.devnet.simulator.spec import ProviderSpec
 from router.errors import ConfigError
 from router.types import NEURON_PER_0G
 
@@ -51,20 +50,6 @@ def dev_private_key(index: int) -> str:
     seed = seed_from_mnemonic(DEV_MNEMONIC, "")
     path = ETHEREUM_DEFAULT_PATH.rsplit("/", 1)[0] + f"/{index}"
     return "0x" + key_from_seed(seed, path).hex()
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderSpec:
-    """One simulated provider: what it registers on chain and the per-wallet limits it enforces."""
-
-    model: str = "devnet-model"
-    input_price: int = 1_000_000_000
-    output_price: int = 2_000_000_000
-    service_type: str = "chatbot"
-    verifiability: str = "TeeML"
-    limits: RateLimits = field(default_factory=RateLimits)
-    faults: Faults = field(default_factory=Faults)
-    max_global_concurrent: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +132,7 @@ class Devnet:
                 chain = await self._client(_FIRST_PROVIDER_INDEX + i)
                 tee = Wallet(dev_private_key(_TEE_KEY_BASE_INDEX + i))
                 simulator = await self._stack.enter_async_context(
-                    ProviderSimulator(chain, tee, self._simulator_config(spec))
+                    ProviderSimulator(chain, tee, spec, settle_interval=self.config.settle_interval)
                 )
                 self.providers.append(DevnetProvider(spec, chain, tee, simulator))
             await deploy_contracts(self.owner, artifacts, self.config.lock_time)
@@ -185,19 +170,6 @@ class Devnet:
         """Another client on this devnet, closed with the devnet (for cross-checks in tests)."""
         client = ChainClient(self.network, wallet, options=_DEVNET_CHAIN_OPTIONS)
         return await self._stack.enter_async_context(client)
-
-    def _simulator_config(self, spec: ProviderSpec) -> SimulatorConfig:
-        return SimulatorConfig(
-            model=spec.model,
-            input_price=spec.input_price,
-            output_price=spec.output_price,
-            service_type=spec.service_type,
-            verifiability=spec.verifiability,
-            limits=spec.limits,
-            max_global_concurrent=spec.max_global_concurrent,
-            settle_interval=self.config.settle_interval,
-            faults=spec.faults,
-        )
 
     async def _client(self, index: int) -> ChainClient:
         return await self.open_client(Wallet(dev_private_key(index)))

@@ -8,7 +8,6 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -210,8 +209,9 @@ class TestMoney:
         provider = client.provider
         before = await client.chain.get_account(client.address, provider.address)
         assert before is not None
-        config = replace(provider.simulator.config, settle_interval=0.05)
-        async with ProviderSimulator(provider.chain, provider.tee_signer, config) as simulator:
+        async with ProviderSimulator(
+            provider.chain, provider.tee_signer, provider.spec, settle_interval=0.05
+        ) as simulator:
             auth = await client.tokens.authorization(provider.address)
             async with http.post(
                 simulator.url + CHAT, json=chat_body(provider), headers={"Authorization": auth}

@@ -175,8 +175,10 @@ class TestProviderWideChecks:
         """Global cap 2 and slow answers: the third request at once gets the 503 busy body."""
         client = await funded_client(fresh_devnet, http, provider_index=2)
         provider = client.provider
-        config = replace(provider.simulator.config, max_global_concurrent=2, faults=Faults(latency=0.3))
-        async with ProviderSimulator(provider.chain, provider.tee_signer, config) as simulator:
+        spec = replace(provider.spec, max_global_concurrent=2, faults=Faults(latency=0.3))
+        async with ProviderSimulator(
+            provider.chain, provider.tee_signer, spec, settle_interval=None
+        ) as simulator:
             auth = await client.tokens.authorization(provider.address)
             responses = await asyncio.gather(
                 *(

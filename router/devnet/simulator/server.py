@@ -30,8 +30,9 @@ from router.devnet.simulator import payloads, synth
 from router.devnet.simulator.auth import SessionRejected, SessionValidator
 from router.devnet.simulator.billing import Billing, BillingRefused
 from router.devnet.simulator.faults import ERROR_BODIES, FaultPlan, Faults
-from router.devnet.simulator.limits import LimitExceeded, RateLimits, WalletLimits
+from router.devnet.simulator.limits import LimitExceeded, WalletLimits
 from router.devnet.simulator.payloads import Payload
+from router.devnet.simulator.spec import ProviderSpec
 from router.errors import ChainError, ConfigError
 from router.types import Account
 
@@ -67,21 +68,6 @@ Parser = Callable[[bytes, str], "Payload | str"]
 Producer = Callable[[_Call], Awaitable[web.StreamResponse]]
 
 
-@dataclass(frozen=True, slots=True)
-class SimulatorConfig:
-    """How one simulated provider behaves. ``settle_interval`` None settles only on ``settle_now()``."""
-
-    model: str
-    input_price: int
-    output_price: int
-    service_type: str = "chatbot"
-    verifiability: str = "TeeML"
-    limits: RateLimits = field(default_factory=RateLimits)
-    max_global_concurrent: int = 20
-    settle_interval: float | None = 5.0
-    faults: Faults = field(default_factory=Faults)
-
-
 @dataclass(slots=True)
 class SimulatorStats:
     """What the simulator saw, for tests and benchmarks to assert on."""
@@ -93,27 +79,32 @@ class SimulatorStats:
 
 
 class ProviderSimulator:
-    """Serves one provider on ``url`` until closed; settles its users' fees on a cadence."""
+    """Serves one provider on ``url`` until closed; settles its users' fees every ``settle_interval`` s.
+
+    ``settle_interval`` None settles only when ``settle_now()`` is called.
+    """
 
     def __init__(
         self,
         chain: ChainClient,
         tee_signer: Wallet,
-        config: SimulatorConfig,
+        spec: ProviderSpec,
         *,
+        settle_interval: float | None = 5.0,
         port: int = 0,
     ) -> None:
-        self.config = config
+        self.spec = spec
+        self._settle_interval = settle_interval
         self.address = chain.sender.wallet.address
         self._tee_signer = tee_signer
         self._port = port
         self.validator = SessionValidator(self.address, self._read_account)
-        self.limits = WalletLimits(config.limits)
+        self.limits = WalletLimits(spec.limits)
         self.billing = Billing(
-            chain, tee_signer, input_price=config.input_price, output_price=config.output_price
+            chain, tee_signer, input_price=spec.input_price, output_price=spec.output_price
         )
         self.stats = SimulatorStats()
-        self.faults = FaultPlan(config.faults)
+        self.faults = FaultPlan(spec.faults)
         self._chain = chain
         self._signatures: dict[str, tuple[float, dict[str, str]]] = {}
         self._in_flight = 0
@@ -157,10 +148,10 @@ class ProviderSimulator:
         await self._admin.setup()
         await web.TCPSite(self._admin, "127.0.0.1", 0).start()
         self.admin_url = f"http://127.0.0.1:{self._admin.addresses[0][1]}"
-        if self.config.faults.down:
+        if self.spec.faults.down:
             await self._site.stop()
-        if self.config.settle_interval is not None:
-            self._settler = asyncio.create_task(self._settle_forever(self.config.settle_interval))
+        if self._settle_interval is not None:
+            self._settler = asyncio.create_task(self._settle_forever(self._settle_interval))
         return self
 
     async def __aexit__(
@@ -213,7 +204,7 @@ class ProviderSimulator:
         """The checks before any billed route: global concurrency first, then the body size."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if self._in_flight >= self.config.max_global_concurrent:
+            if self._in_flight >= self.spec.max_global_concurrent:
                 return self._refuse(503, _BUSY)
             self._in_flight += 1
             self.stats.peak_global_in_flight = max(self.stats.peak_global_in_flight, self._in_flight)
@@ -241,9 +232,9 @@ class ProviderSimulator:
                 payload = parse(body, request.headers.get("Content-Type", ""))
                 if isinstance(payload, str):
                     return self._refuse(400, {"error": payload})
-                model = payload.get("model") or self.config.model
-                if str(model).lower() != self.config.model.lower():
-                    message = f'model not supported: requested "{model}", accepted: ["{self.config.model}"]'
+                model = payload.get("model") or self.spec.model
+                if str(model).lower() != self.spec.model.lower():
+                    message = f'model not supported: requested "{model}", accepted: ["{self.spec.model}"]'
                     return self._refuse(400, {"error": _VALIDATION_CONTEXT + message})
                 try:
                     await self.billing.check(user)
@@ -273,7 +264,7 @@ class ProviderSimulator:
 
     async def _produce_chat(self, call: _Call) -> web.StreamResponse:
         payload = call.payload
-        prepared = {**payload, "model": self.config.model}
+        prepared = {**payload, "model": self.spec.model}
         if payload.get("stream"):
             prepared["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         forwarded = call.body if prepared == payload else json.dumps(prepared).encode()
@@ -282,12 +273,12 @@ class ProviderSimulator:
         self.billing.charge(call.user, completion.prompt_tokens, completion.completion_tokens)
         chat_id, fault = call.chat_id, call.fault
         if payload.get("stream"):
-            events = synth.stream_events(completion, chat_id=chat_id, model=self.config.model)
+            events = synth.stream_events(completion, chat_id=chat_id, model=self.spec.model)
             if fault == "malformed_json":
                 events[1] = b"data: {not json\n\n"
             stream_headers = {**call.headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
             return await self._stream(call.request, events, stream_headers, fault, chat_id, forwarded)
-        out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.config.model)).encode()
+        out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.spec.model)).encode()
         if fault == "malformed_json":
             out = out[: len(out) // 2]
         if fault in ("drop_mid_stream", "stall_body"):
@@ -304,7 +295,7 @@ class ProviderSimulator:
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _produce_embeddings(self, call: _Call) -> web.StreamResponse:
-        body, tokens = synth.embedding_body(call.payload, model=self.config.model)
+        body, tokens = synth.embedding_body(call.payload, model=self.spec.model)
         self.billing.charge(call.user, tokens, 0)
         out = json.dumps(body).encode()
         self._sign(call.chat_id, _sha256(call.body), out)
@@ -385,7 +376,7 @@ class ProviderSimulator:
         return web.json_response(entry[1])
 
     async def _models(self, request: web.Request) -> web.Response:
-        cfg = self.config
+        cfg = self.spec
         model = {
             "id": cfg.model,
             "object": "model",
