@@ -39,6 +39,16 @@ DEVNET_PROVIDERS = (
 )
 
 
+class FakeClock:
+    """A clock a test moves by hand: ``clock.now += 2``; call it for the time in seconds."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def run_node(node_modules: NodeModules, script: str, *args: str, home: Path | None = None) -> Any:
     """Run a Node script with the devnet's node_modules; returns its stdout parsed as JSON."""
     env = {**os.environ, "ZG_ROUTER_NODE_MODULES": str(node_modules.root)}

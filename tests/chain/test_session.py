@@ -29,7 +29,7 @@ from router.chain.wallet import Wallet
 from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
 from router.devnet.node_tools import NodeModules
 from router.errors import SessionTokenError
-from tests.support import run_node
+from tests.support import FakeClock, run_node
 
 TOKEN_KEYS = ["address", "provider", "timestamp", "expiresAt", "nonce", "generation", "tokenId"]
 BEARER = "Bearer app-sk-"
@@ -70,16 +70,6 @@ def decode(authorization: str) -> Decoded:
     assert SIGNATURE.fullmatch(signature), signature
     fields = json.loads(raw)
     return Decoded(text=text, raw=raw, fields=fields, signature=signature)
-
-
-class FakeClock:
-    """A wall clock in seconds that only moves when the test says so."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __call__(self) -> float:
-        return self.seconds
 
 
 def count_account_reads(monkeypatch: pytest.MonkeyPatch, chain: ChainClient) -> list[str]:
@@ -288,9 +278,9 @@ class TestSessionTokensCache:
         provider = devnet.providers[0].address
         first = await tokens.authorization(provider)
         renew_at = start + (DAY_MS - DEFAULT_RENEW_BEFORE_MS) // 1000
-        clock.seconds = renew_at
+        clock.now = renew_at
         assert await tokens.authorization(provider) == first
-        clock.seconds = renew_at + 1
+        clock.now = renew_at + 1
         second = await tokens.authorization(provider)
         assert second != first
         fields = decode(second).fields
@@ -306,9 +296,9 @@ class TestSessionTokensCache:
         first = await tokens.authorization(provider)
         fields = decode(first).fields
         assert fields["expiresAt"] - fields["timestamp"] == 600_000
-        clock.seconds += 540
+        clock.now += 540
         assert await tokens.authorization(provider) == first
-        clock.seconds += 1
+        clock.now += 1
         assert await tokens.authorization(provider) != first
 
     async def test_each_provider_gets_its_own_token(self, devnet: Devnet) -> None:

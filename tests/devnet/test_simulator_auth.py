@@ -15,7 +15,7 @@ from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
 from router.devnet.node_tools import NodeModules
 from router.devnet.simulator.auth import ABSENT_ACCOUNT_TTL, SessionRejected, SessionValidator
 from router.types import Account
-from tests.support import run_node
+from tests.support import FakeClock, run_node
 
 PROVIDER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 OTHER_PROVIDER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
@@ -49,26 +49,18 @@ class FakeChain:
         )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def chain() -> FakeChain:
     return FakeChain()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(NOW)
 
 
 @pytest.fixture
-def validator(chain: FakeChain, clock: Clock) -> SessionValidator:
+def validator(chain: FakeChain, clock: FakeClock) -> SessionValidator:
     return SessionValidator(PROVIDER, chain.read, clock=clock)
 
 
@@ -154,7 +146,7 @@ class TestRejected:
             await validator.validate(hand_signed(too_long))
 
     async def test_expiry_is_checked_in_whole_seconds(
-        self, validator: SessionValidator, clock: Clock
+        self, validator: SessionValidator, clock: FakeClock
     ) -> None:
         """Valid through its expiry second; refused in the next one."""
         header = token(lifetime_ms=10_000)
@@ -200,7 +192,7 @@ class TestRejected:
 
 class TestAccountCache:
     async def test_a_found_account_is_read_once_in_ten_minutes(
-        self, validator: SessionValidator, chain: FakeChain, clock: Clock
+        self, validator: SessionValidator, chain: FakeChain, clock: FakeClock
     ) -> None:
         """A revocation made on chain is only seen after the cache entry expires, as with the broker."""
         chain.set_account(generation=0)
@@ -215,7 +207,7 @@ class TestAccountCache:
         assert chain.reads == 2
 
     async def test_an_absent_account_is_remembered_for_thirty_seconds(
-        self, validator: SessionValidator, chain: FakeChain, clock: Clock
+        self, validator: SessionValidator, chain: FakeChain, clock: FakeClock
     ) -> None:
         await validator.validate(token())
         chain.set_account(generation=1)

@@ -5,26 +5,19 @@ from __future__ import annotations
 import pytest
 
 from router.devnet.simulator.limits import LimitExceeded, RateLimits, WalletLimits
+from tests.support import FakeClock
 
 ALICE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 BOB = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def limits(clock: Clock) -> WalletLimits:
+def limits(clock: FakeClock) -> WalletLimits:
     return WalletLimits(RateLimits(), clock=clock)
 
 
@@ -48,7 +41,7 @@ class TestRequestsPerMinute:
             }
         }
 
-    def test_the_bucket_refills_at_thirty_per_minute(self, limits: WalletLimits, clock: Clock) -> None:
+    def test_the_bucket_refills_at_thirty_per_minute(self, limits: WalletLimits, clock: FakeClock) -> None:
         """Empty bucket: one token after 2 s, not before; a minute refills only up to the burst."""
         for _ in range(5):
             admit_and_leave(limits, ALICE)
@@ -69,7 +62,9 @@ class TestRequestsPerMinute:
         admit_and_leave(limits, BOB)
         admit_and_leave(limits, BOB.lower())
 
-    def test_headers_report_the_level_before_the_request(self, limits: WalletLimits, clock: Clock) -> None:
+    def test_headers_report_the_level_before_the_request(
+        self, limits: WalletLimits, clock: FakeClock
+    ) -> None:
         assert limits.headers(ALICE) == {
             "x-ratelimit-limit-requests": "30",
             "x-ratelimit-remaining-requests": "5",
@@ -85,7 +80,7 @@ class TestRequestsPerMinute:
 
 class TestConcurrency:
     def test_the_sixth_concurrent_request_gets_the_string_body(
-        self, limits: WalletLimits, clock: Clock
+        self, limits: WalletLimits, clock: FakeClock
     ) -> None:
         """Five held at once pass; the sixth (with RPM tokens to spare) gets the string-shaped 429."""
         limits = WalletLimits(RateLimits(requests_per_minute=600, burst=10), clock=clock)
@@ -109,7 +104,9 @@ class TestConcurrency:
             raise RuntimeError("upstream broke")
         assert limits.in_flight(ALICE) == 0
 
-    def test_a_refused_request_still_spent_its_rpm_token(self, limits: WalletLimits, clock: Clock) -> None:
+    def test_a_refused_request_still_spent_its_rpm_token(
+        self, limits: WalletLimits, clock: FakeClock
+    ) -> None:
         """The broker takes the RPM token before the concurrency check refuses (§4.7)."""
         limits = WalletLimits(RateLimits(burst=2, max_concurrent=1), clock=clock)
         with limits.admit(ALICE):
