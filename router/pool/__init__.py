@@ -1,0 +1,1 @@
+"""In-memory provider state: health, limits, accounting. Synchronous mutations, no I/O."""

@@ -1,0 +1,134 @@
+"""A provider's health: EWMA latency, TTFT and error rate, and a circuit breaker. Sync, no I/O.
+
+Breaker states:
+    closed     traffic flows; ``failure_threshold`` failures in a row open it
+    open       no traffic until the cooldown has passed; each re-opening doubles the cooldown (capped)
+    half-open  the cooldown passed: one probe at a time may go (a free ``/v1/models`` call or a real
+               request); a success closes the breaker and resets the cooldown, a failure re-opens it
+
+The clock is injected, so every transition is testable without waiting.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.errors import ConfigError
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """How quickly health reacts. Times in seconds."""
+
+    ewma_alpha: float = 0.2
+    failure_threshold: int = 3
+    cooldown: float = 5.0
+    max_cooldown: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ewma_alpha <= 1:
+            raise ConfigError("ewma_alpha must be in (0, 1]")
+        if self.failure_threshold < 1:
+            raise ConfigError("failure_threshold must be at least 1")
+        if not 0 < self.cooldown <= self.max_cooldown:
+            raise ConfigError("need 0 < cooldown <= max_cooldown")
+
+
+class Health:
+    """One provider's health record. Mutations are synchronous and atomic on the event loop."""
+
+    __slots__ = (
+        "_clock",
+        "_cooldown",
+        "_failures_in_a_row",
+        "_open_until",
+        "_policy",
+        "_probing",
+        "error_rate",
+        "latency",
+        "ttft",
+    )
+
+    def __init__(self, policy: HealthPolicy | None = None, clock: Callable[[], float] = time.monotonic):
+        self._policy = policy or HealthPolicy()
+        self._clock = clock
+        self.latency: float | None = None
+        self.ttft: float | None = None
+        self.error_rate = 0.0
+        self._failures_in_a_row = 0
+        self._cooldown = self._policy.cooldown
+        self._open_until: float | None = None
+        self._probing = False
+
+    def __repr__(self) -> str:
+        latency = f"{self.latency * 1000:.1f}ms" if self.latency is not None else "-"
+        return f"<Health {self.state.value} latency={latency} error_rate={self.error_rate:.2f}>"
+
+    @property
+    def state(self) -> BreakerState:
+        if self._open_until is None:
+            return BreakerState.CLOSED
+        if self._clock() < self._open_until:
+            return BreakerState.OPEN
+        return BreakerState.HALF_OPEN
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when not open)."""
+        if self._open_until is None:
+            return 0.0
+        return max(0.0, self._open_until - self._clock())
+
+    def admits(self) -> bool:
+        """May a request go now? Closed: yes. Half-open: only if no probe is already out."""
+        state = self.state
+        return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._probing)
+
+    def begin(self) -> None:
+        """A request (or a free probe) is going out; in half-open it is the one probe allowed."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._probing = True
+
+    def record_success(self, latency: float | None = None, ttft: float | None = None) -> None:
+        """An attempt succeeded. Timings (seconds) feed the EWMAs; a probe's success closes the breaker."""
+        alpha = self._policy.ewma_alpha
+        if latency is not None:
+            self.latency = (
+                latency if self.latency is None else self.latency + alpha * (latency - self.latency)
+            )
+        if ttft is not None:
+            self.ttft = ttft if self.ttft is None else self.ttft + alpha * (ttft - self.ttft)
+        self.error_rate -= alpha * self.error_rate
+        self._failures_in_a_row = 0
+        self._probing = False
+        self._open_until = None
+        self._cooldown = self._policy.cooldown
+
+    def record_failure(self) -> None:
+        """An attempt failed in a way that counts against the provider (5xx, connect, timeout)."""
+        self.error_rate += self._policy.ewma_alpha * (1.0 - self.error_rate)
+        self._failures_in_a_row += 1
+        if self.state is BreakerState.HALF_OPEN:
+            self._probing = False
+            self._cooldown = min(self._cooldown * 2, self._policy.max_cooldown)
+            self._open(self._cooldown)
+        elif self._failures_in_a_row >= self._policy.failure_threshold and self._open_until is None:
+            self._open(self._cooldown)
+
+    def cool_down(self, seconds: float) -> None:
+        """Open the breaker for at least ``seconds`` (a provider said it is overloaded, say)."""
+        self._probing = False
+        until = self._clock() + seconds
+        self._open_until = until if self._open_until is None else max(self._open_until, until)
+
+    def _open(self, seconds: float) -> None:
+        self._open_until = self._clock() + seconds
