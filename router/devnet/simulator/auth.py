@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from cachetools import TTLCache
 from eth_account import Account as EthAccount
 from eth_account.messages import encode_defunct
 from eth_utils.crypto import keccak
@@ -63,7 +64,7 @@ class SessionValidator:
         self._read_account = read_account
         self._clock = clock
         self._accounts: dict[str, tuple[float, Account | None]] = {}
-        self._verified: dict[str, float] = {}
+        self._verified: TTLCache[str, bool] = TTLCache(maxsize=_MAX_VERIFIED, ttl=_VERIFIED_TTL, timer=clock)
 
     async def validate(self, authorization: str | None) -> str:
         """The user address the token speaks for; raises SessionRejected with the broker's message."""
@@ -79,7 +80,7 @@ class SessionValidator:
         if token.expires_at > 0 and int(now) > token.expires_at // 1000:
             raise SessionRejected("session token expired")
         _check_revocation(token, await self._account(token.address, now))
-        self._verify_signature(authorization or "", token, now)
+        self._verify_signature(authorization or "", token)
         return token.address
 
     def forget_account(self, user: str) -> None:
@@ -96,8 +97,8 @@ class SessionValidator:
         self._accounts[key] = (now + ttl, account)
         return account
 
-    def _verify_signature(self, authorization: str, token: _Token, now: float) -> None:
-        if self._verified.get(authorization, 0.0) > now:
+    def _verify_signature(self, authorization: str, token: _Token) -> None:
+        if authorization in self._verified:
             return
         # The broker's hex parser insists on the 0x prefix; 65 bytes is r‖s‖v.
         if not _SIGNATURE.fullmatch(token.signature):
@@ -110,10 +111,7 @@ class SessionValidator:
             raise SessionRejected("signature verification failed: invalid signature") from None
         if signer.lower() != token.address.lower():
             raise SessionRejected("signature verification failed: address mismatch")
-        if len(self._verified) >= _MAX_VERIFIED:
-            self._verified = {k: t for k, t in self._verified.items() if t > now}
-        if len(self._verified) < _MAX_VERIFIED:
-            self._verified[authorization] = now + _VERIFIED_TTL
+        self._verified[authorization] = True
 
 
 def _parse(authorization: str) -> _Token:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from router.chain.client import ChainClient
 from router.chain.devtools import Settlement, SettlementStatus, settle_fees
@@ -31,7 +31,6 @@ class UserBill:
 
     unsettled: int = 0
     settled: int = 0
-    charged: list[int] = field(default_factory=list)
 
 
 class Billing:
@@ -59,7 +58,6 @@ class Billing:
         fee = self.fee(prompt_tokens, completion_tokens)
         bill = self.bills.setdefault(user.lower(), UserBill())
         bill.unsettled += fee
-        bill.charged.append(fee)
         return fee
 
     def unsettled(self, user: str) -> int:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from router.chain.client import ChainClient
 from router.chain.devtools import SettlementStatus
@@ -106,7 +107,10 @@ class ProviderSimulator:
         self.stats = SimulatorStats()
         self.faults = FaultPlan(spec.faults)
         self._chain = chain
-        self._signatures: dict[str, tuple[float, dict[str, str]]] = {}
+        # Capped and expiring, oldest out first: a long benchmark must not grow it without bound.
+        self._signatures: TTLCache[str, dict[str, str]] = TTLCache(
+            maxsize=_MAX_SIGNATURES, ttl=SIGNATURE_TTL, timer=time.monotonic
+        )
         self._in_flight = 0
         self._settle_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
@@ -354,26 +358,20 @@ class ProviderSimulator:
 
     def _sign_text(self, chat_id: str, text: str) -> None:
         signature = "0x" + self._tee_signer.sign_personal(text.encode()).hex()
-        now = time.monotonic()
-        if len(self._signatures) >= _MAX_SIGNATURES:
-            self._signatures = {k: v for k, v in self._signatures.items() if v[0] > now}
-        self._signatures[chat_id.lower()] = (
-            now + SIGNATURE_TTL,
-            {
-                "text": text,
-                "signature": signature,
-                "signing_address": self._tee_signer.address,
-                "signing_algo": "ecdsa",
-            },
-        )
+        self._signatures[chat_id.lower()] = {
+            "text": text,
+            "signature": signature,
+            "signing_address": self._tee_signer.address,
+            "signing_algo": "ecdsa",
+        }
 
     # -- free routes -----------------------------------------------------------------------------
 
     async def _signature(self, request: web.Request) -> web.Response:
         entry = self._signatures.get(request.match_info["chat_id"].lower())
-        if entry is None or entry[0] <= time.monotonic():
+        if entry is None:
             return web.json_response({"error": "chat_id_not_found"}, status=400)
-        return web.json_response(entry[1])
+        return web.json_response(entry)
 
     async def _models(self, request: web.Request) -> web.Response:
         cfg = self.spec
