@@ -69,9 +69,50 @@ def _parser() -> argparse.ArgumentParser:
     devnet.add_argument(
         "--port", type=_non_negative_int, default=0, help="anvil's port (default: any free port)"
     )
-    devnet.add_argument("--json", action="store_true", help="print one JSON line once ready")
+    devnet.add_argument("--json", action="store_true", help="print one JSON line once ready (and log JSON)")
+    devnet.add_argument(
+        "--serve",
+        action="store_true",
+        help="also run the OpenAI-compatible gateway over the devnet's providers",
+    )
+    devnet.add_argument(
+        "--gateway-port",
+        type=_port,
+        default=0,
+        help="the gateway's port with --serve (default: any free port)",
+    )
+    devnet.add_argument(
+        "--api-key", help="the gateway's API key with --serve (default: a random one, printed)"
+    )
+    _logging_flags(devnet)
     devnet.set_defaults(run=_run_devnet)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible gateway over a 0G network",
+        description="Serve the gateway. Configuration: a TOML file (--config or ZG_ROUTER_CONFIG), then "
+        "ZG_ROUTER_* variables: ZG_ROUTER_NETWORK, ZG_ROUTER_RPC_URLS, ZG_ROUTER_PRIVATE_KEY or "
+        "ZG_ROUTER_PRIVATE_KEY_FILE, ZG_ROUTER_API_KEYS, ZG_ROUTER_HOST, ZG_ROUTER_PORT.",
+    )
+    serve.add_argument("--config", metavar="PATH", help="TOML config file")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="listen port (default 8080)")
+    _logging_flags(serve)
+    serve.add_argument("--log-json", action="store_true", help="log JSON lines")
+    serve.set_defaults(run=_run_serve)
     return parser
+
+
+def _logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default: info"
+    )
+
+
+async def _run_serve(args: argparse.Namespace) -> int:
+    from router.server.command import run_serve
+
+    return await run_serve(args)
 
 
 async def _run_devnet(args: argparse.Namespace) -> int:
@@ -84,6 +125,13 @@ def _provider_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_DEVNET_PROVIDERS:
         raise argparse.ArgumentTypeError(f"must be 1-{MAX_DEVNET_PROVIDERS}, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535, got {value}")
     return value
 
 

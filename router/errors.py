@@ -8,7 +8,18 @@
     │   └── TransactionFailed  a transaction was sent but did not succeed (dropped, timed out, reverted
     │                          without a reason we can decode)
     ├── SessionTokenError      a session token cannot be minted (revoked id, unacknowledged account, ...)
-    └── DevnetError            the local devnet could not start or was used wrongly
+    ├── DevnetError            the local devnet could not start or was used wrongly
+    ├── ProviderError          one attempt at one provider failed (internal: dispatch fails over)
+    │   ├── ProviderUnreachable    connect error, timeout, or the connection dropped before a reply
+    │   └── UnsafeProviderUrl      a registry URL points somewhere we refuse to connect to
+    └── RequestFailed          a request ends in an error the caller sees; carries the HTTP status
+        ├── InvalidRequest         400/404/413: the request itself is wrong (bad JSON, unknown model, ...)
+        ├── Unauthorized           401: missing or wrong gateway API key
+        ├── UpstreamRejected       a provider refused the request as the client's fault; status and body
+        │                          are passed through unchanged
+        ├── Saturated              429: every candidate was at its limits until the request's deadline
+        ├── AllAttemptsFailed      502: every attempt failed at the providers
+        └── NoProviderAvailable    503: no provider can take the request now
 
 Lower-layer exceptions (web3, aiohttp) are translated at the boundary of the layer that owns them and
 never escape it.
@@ -70,3 +81,90 @@ def _render_arg(value: object) -> str:
     if isinstance(value, str):
         return repr(value)
     return str(value)
+
+
+class ProviderError(RouterError):
+    """One attempt at one provider failed. Dispatch classifies it and fails over; callers rarely see it."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        self.provider = provider
+        super().__init__(f"provider {provider}: {message}")
+
+
+class ProviderUnreachable(ProviderError):
+    """No reply: connection refused or reset, a timeout, or a body cut off before it was complete."""
+
+
+class UnsafeProviderUrl(ProviderError):
+    """A provider URL from the (untrusted) registry has a scheme or target we refuse."""
+
+
+class RequestFailed(RouterError):
+    """A request ended in an error for its caller. ``status``/``type``/``code`` are the OpenAI error fields.
+
+    ``headers`` are extra response headers (``Retry-After``); ``attempts`` how many provider attempts ran.
+    """
+
+    status = 500
+    type = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        attempts: int = 0,
+    ) -> None:
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.attempts = attempts
+        super().__init__(message)
+
+
+class InvalidRequest(RequestFailed):
+    """The request is malformed or names something that does not exist (400, 404 or 413)."""
+
+    type = "invalid_request_error"
+
+    def __init__(
+        self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        self.status = status
+
+
+class Unauthorized(RequestFailed):
+    status = 401
+    type = "authentication_error"
+
+
+class UpstreamRejected(RequestFailed):
+    """A provider answered with a client error (e.g. 400 context length); its body is passed on as is."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, body: bytes, content_type: str, *, provider: str, attempts: int) -> None:
+        super().__init__(f"provider {provider} rejected the request with {status}", attempts=attempts)
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.provider = provider
+
+
+class Saturated(RequestFailed):
+    status = 429
+    type = "rate_limit_error"
+
+
+class AllAttemptsFailed(RequestFailed):
+    status = 502
+    type = "provider_error"
+
+
+class NoProviderAvailable(RequestFailed):
+    status = 503
+    type = "service_unavailable"

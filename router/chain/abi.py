@@ -265,6 +265,14 @@ INFERENCE_SERVING_ABI: list[AbiEntry] = [
         ],
     ),
     _event("ServiceRemoved", [_param("service", "address", indexed=True)]),
+    _event(
+        "ProviderTEESignerAcknowledged",
+        [
+            _param("provider", "address", indexed=True),
+            _param("teeSignerAddress", "address", indexed=True),
+            _param("acknowledged", "bool", indexed=False),
+        ],
+    ),
     _error("AccountExists", ("user", "address"), ("provider", "address")),
     _error("AccountNotExists", ("user", "address"), ("provider", "address")),
     _error("AdditionalInfoTooLong"),

@@ -237,6 +237,26 @@ class ChainClient:
             if offset >= total or not page:
                 return list(seen.values())
 
+    async def service_changes(self, from_block: int, to_block: int) -> int:
+        """How many ``ServiceUpdated``, ``ServiceRemoved`` and ``ProviderTEESignerAcknowledged`` logs the
+        inference contract emitted in ``[from_block, to_block]``: any means the registry changed."""
+        events = self.inference.events
+        topics = [
+            events.ServiceUpdated.topic,
+            events.ServiceRemoved.topic,
+            events.ProviderTEESignerAcknowledged.topic,
+        ]
+        with web3_errors(self._decoder, "eth_getLogs"):
+            logs = await self.w3.eth.get_logs(
+                {
+                    "address": self.inference.address,
+                    "fromBlock": from_block,
+                    "toBlock": to_block,
+                    "topics": [topics],
+                }
+            )
+        return len(logs)
+
     async def get_service(self, provider: str) -> Service | None:
         """The service of ``provider``, or None if it has none."""
         try:

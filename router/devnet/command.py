@@ -6,11 +6,18 @@ import argparse
 import asyncio
 import itertools
 import json
+import secrets
 import signal
 import sys
 
+from router.client import Router
+from router.config import DiscoveryOptions, GatewayConfig, RouterConfig
 from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, dev_private_key
 from router.devnet.simulator.spec import ProviderSpec
+from router.observability.logging import configure_logging
+from router.server.app import Gateway
+from router.server.command import serve
+from router.transport.http import TransportOptions
 
 
 def devnet_config(args: argparse.Namespace) -> DevnetConfig:
@@ -45,6 +52,8 @@ def devnet_summary(devnet: Devnet) -> dict[str, object]:
 
 
 async def run_devnet(args: argparse.Namespace) -> int:
+    if args.serve:
+        return await _run_devnet_gateway(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,6 +67,53 @@ async def run_devnet(args: argparse.Namespace) -> int:
         await stop.wait()
     print("devnet stopped", file=sys.stderr)
     return 0
+
+
+def devnet_router_config(devnet: Devnet) -> RouterConfig:
+    """A router for the devnet's user: loopback providers allowed, registry changes seen within a second."""
+    return RouterConfig(
+        network=devnet.network,
+        private_key=dev_private_key(USER_KEY_INDEX),
+        transport=TransportOptions(allow_private_targets=True),
+        discovery=DiscoveryOptions(event_poll_interval=1.0, probe_interval=1.0),
+    )
+
+
+async def _run_devnet_gateway(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, json=args.json)
+    api_key = args.api_key or "sk-devnet-" + secrets.token_hex(16)
+    gateway_config = GatewayConfig(host="127.0.0.1", port=args.gateway_port, api_keys=(api_key,))
+    async with Devnet(devnet_config(args)) as devnet:
+        summary = devnet_summary(devnet)
+
+        def announce(router: Router, gateway: Gateway) -> None:
+            summary["gateway"] = {"url": gateway.url + "/v1", "api_key": api_key}
+            if args.json:
+                print(json.dumps(summary), flush=True)
+            else:
+                _print_readable(summary, devnet.ready_seconds)
+                print(_try_it(gateway.url + "/v1", api_key, devnet.providers[0].spec.model), flush=True)
+
+        await serve(devnet_router_config(devnet), gateway_config, announce=announce)
+    print("devnet stopped", file=sys.stderr)
+    return 0
+
+
+def _try_it(url: str, api_key: str, model: str) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    return f"""
+Try it (Ctrl-C stops the gateway and the devnet):
+
+  curl -s {url}/chat/completions -H "Authorization: Bearer {api_key}" \\
+       -H "Content-Type: application/json" -d '{body}'
+
+  .venv/bin/python - <<'EOF'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}", api_key="{api_key}")
+  reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
+  print(reply.choices[0].message.content)
+  EOF
+"""
 
 
 def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:

@@ -98,6 +98,10 @@ class Health:
         if self.state is BreakerState.HALF_OPEN:
             self._probing = True
 
+    def abandon(self) -> None:
+        """A request that began here ended with no verdict (it was cancelled): the probe slot frees up."""
+        self._probing = False
+
     def record_success(self, latency: float | None = None, ttft: float | None = None) -> None:
         """An attempt succeeded. Timings (seconds) feed the EWMAs; a probe's success closes the breaker."""
         alpha = self._policy.ewma_alpha

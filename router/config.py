@@ -1,0 +1,276 @@
+"""Configuration: frozen dataclasses, checked once, passed down. Nothing here reads the environment except
+``load_config``, which only the CLI calls.
+
+Secrets (the wallet key, API keys) are fields with ``repr=False``, so a config printed or logged shows none.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from router.chain.networks import Network, network_by_name
+from router.errors import ConfigError
+from router.policy.select import Strategy
+from router.pool.health import HealthPolicy
+from router.pool.limits import ProviderLimits
+from router.transport.http import TransportOptions
+
+DEFAULT_PORT = 8080
+# The broker's own body cap (protocol.md §4.2): anything larger would be refused there anyway.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+SERVICE_TYPES = ("chatbot", "embedding", "text-to-image", "speech-to-text")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticUpstream:
+    """Any OpenAI-compatible endpoint (0G's hosted Router, say), served beside the chain's providers.
+
+    ``url`` is the base that endpoint paths follow (``https://router-api.0g.ai/v1``).
+    """
+
+    name: str
+    url: str
+    models: tuple[str, ...]
+    api_key: str | None = field(default=None, repr=False)
+    service_type: str = "chatbot"
+    input_price: int = 0
+    output_price: int = 0
+    verifiability: str = ""
+    limits: ProviderLimits = field(
+        default_factory=lambda: ProviderLimits(requests_per_minute=6000, burst=100, max_concurrent=100)
+    )
+
+    def __post_init__(self) -> None:
+        if not self.name or "," in self.name:
+            raise ConfigError("an upstream needs a name without commas")
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream {self.name!r}: url must be http(s)")
+        if not self.models:
+            raise ConfigError(f"upstream {self.name!r}: list the models it serves")
+        if self.service_type not in SERVICE_TYPES:
+            raise ConfigError(
+                f"upstream {self.name!r}: service_type must be one of {', '.join(SERVICE_TYPES)}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    """How a request is tried. Times in seconds.
+
+    ``request_timeout`` is the whole request's deadline, queueing included; ``queue_timeout`` caps the
+    wait for a slot when every candidate is at its limits. ``rate_margin`` runs our token buckets at this
+    fraction of the providers' advertised rate.
+    """
+
+    max_attempts: int = 3
+    request_timeout: float = 120.0
+    queue_timeout: float = 30.0
+    strategy: Strategy = Strategy.BALANCED
+    rate_margin: float = 0.9
+    rate_limit_backoff: float = 2.0
+    unfunded_cooldown: float = 60.0
+    misconfigured_cooldown: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if min(self.request_timeout, self.queue_timeout) <= 0:
+            raise ConfigError("request_timeout and queue_timeout must be positive")
+        if not 0 < self.rate_margin <= 1:
+            raise ConfigError("rate_margin must be in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryOptions:
+    """How the pool is kept fresh. Times in seconds."""
+
+    refresh_interval: float = 60.0
+    event_poll_interval: float = 5.0
+    probe_interval: float = 2.0
+    models_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (
+            min(self.refresh_interval, self.event_poll_interval, self.probe_interval, self.models_timeout)
+            <= 0
+        ):
+            raise ConfigError("discovery intervals and timeouts must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Everything a ``Router`` needs. Chain providers need ``network`` and ``private_key``."""
+
+    network: Network | None = None
+    private_key: str | None = field(default=None, repr=False)
+    static_upstreams: tuple[StaticUpstream, ...] = ()
+    dispatch: DispatchOptions = field(default_factory=DispatchOptions)
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+
+    def __post_init__(self) -> None:
+        if self.network is None and not self.static_upstreams:
+            raise ConfigError("nothing to route to: configure a network (and wallet key) or static upstreams")
+        if self.network is not None and not self.private_key:
+            raise ConfigError(
+                f"network {self.network.name!r} needs a wallet key to sign session tokens: "
+                "set ZG_ROUTER_PRIVATE_KEY or ZG_ROUTER_PRIVATE_KEY_FILE"
+            )
+        names = [u.name for u in self.static_upstreams]
+        if len(set(names)) != len(names):
+            raise ConfigError("static upstream names must be unique")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The HTTP face. Without API keys it refuses to start unless ``allow_anonymous`` is set."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    allow_anonymous: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.api_keys and not self.allow_anonymous:
+            raise ConfigError(
+                "the gateway needs at least one API key (ZG_ROUTER_API_KEYS or [gateway] api_keys); "
+                "set allow_anonymous = true to serve without one"
+            )
+        if any(len(key) < 16 for key in self.api_keys):
+            raise ConfigError("gateway API keys must be at least 16 characters")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+_TOP_KEYS = {"network", "rpc_urls", "private_key_file", "gateway", "dispatch", "discovery", "upstreams"}
+
+
+def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig, GatewayConfig]:
+    """Read the TOML file at ``path`` (if any), then let ``ZG_ROUTER_*`` variables override it.
+
+    The wallet key comes from ``ZG_ROUTER_PRIVATE_KEY``, or a file named by ``ZG_ROUTER_PRIVATE_KEY_FILE``
+    or ``private_key_file``; never from the TOML itself, so config files can be shared.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _reject_unknown(data, _TOP_KEYS, "the config file")
+    network = _network(data, env)
+    router = RouterConfig(
+        network=network,
+        private_key=_private_key(data, env) if network is not None else None,
+        static_upstreams=tuple(_upstream(u, env) for u in _list(data.get("upstreams", []), "upstreams")),
+        dispatch=_section(DispatchOptions, data.get("dispatch", {}), "dispatch"),
+        discovery=_section(DiscoveryOptions, data.get("discovery", {}), "discovery"),
+    )
+    gateway_data = dict(_table(data.get("gateway", {}), "gateway"))
+    if "ZG_ROUTER_API_KEYS" in env:
+        gateway_data["api_keys"] = [k.strip() for k in env["ZG_ROUTER_API_KEYS"].split(",") if k.strip()]
+    if "ZG_ROUTER_HOST" in env:
+        gateway_data["host"] = env["ZG_ROUTER_HOST"]
+    if "ZG_ROUTER_PORT" in env:
+        gateway_data["port"] = _int(env["ZG_ROUTER_PORT"], "ZG_ROUTER_PORT")
+    return router, _section(GatewayConfig, gateway_data, "gateway")
+
+
+def _network(data: Mapping[str, Any], env: Mapping[str, str]) -> Network | None:
+    name = env.get("ZG_ROUTER_NETWORK", data.get("network"))
+    if name is None:
+        return None
+    network = network_by_name(str(name))
+    urls = env.get("ZG_ROUTER_RPC_URLS")
+    rpc_urls = [u.strip() for u in urls.split(",") if u.strip()] if urls else data.get("rpc_urls")
+    if rpc_urls:
+        network = network.with_rpc_urls(*_list(rpc_urls, "rpc_urls"))
+    return network
+
+
+def _private_key(data: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    if key := env.get("ZG_ROUTER_PRIVATE_KEY"):
+        return key.strip()
+    key_file = env.get("ZG_ROUTER_PRIVATE_KEY_FILE", data.get("private_key_file"))
+    if not key_file:
+        raise ConfigError(
+            "a network is configured but no wallet key: "
+            "set ZG_ROUTER_PRIVATE_KEY or ZG_ROUTER_PRIVATE_KEY_FILE"
+        )
+    try:
+        return Path(str(key_file)).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the wallet key file {key_file}: {exc.strerror}") from None
+
+
+def _upstream(raw: object, env: Mapping[str, str]) -> StaticUpstream:
+    table = dict(_table(raw, "upstreams"))
+    _reject_unknown(
+        table, {*(f.name for f in fields(StaticUpstream)), "api_key_env"} - {"api_key"}, "an upstream"
+    )
+    if key_env := table.pop("api_key_env", None):
+        if key_env not in env:
+            raise ConfigError(f"upstream {table.get('name')!r}: environment variable {key_env} is not set")
+        table["api_key"] = env[key_env]
+    if "models" in table:
+        table["models"] = tuple(_list(table["models"], "upstreams.models"))
+    if "limits" in table:
+        table["limits"] = _section(ProviderLimits, table["limits"], "upstreams.limits")
+    try:
+        return StaticUpstream(**table)
+    except TypeError as exc:
+        raise ConfigError(f"upstream: {exc}") from None
+
+
+def _section(cls: type[_T], raw: object, name: str) -> _T:
+    table = dict(_table(raw, name))
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(table, known, f"[{name}]")
+    if cls is DispatchOptions and "strategy" in table:
+        table["strategy"] = Strategy.parse(str(table["strategy"]), "dispatch.strategy")
+    if cls is GatewayConfig and "api_keys" in table:
+        table["api_keys"] = tuple(_list(table["api_keys"], "gateway.api_keys"))
+    try:
+        return cls(**table)
+    except TypeError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+
+
+def _table(raw: object, name: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return raw
+
+
+def _list(raw: object, name: str) -> list[Any]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{name} must be a list")
+    return raw
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {text!r}") from None

@@ -1,0 +1,215 @@
+"""Keeping the pool true to the world: registry discovery and free health probes. Background loops only.
+
+Discovery reads every page of services from chain, keeps the acknowledged ones whose URL passes the guard,
+asks each for its ``/v1/models`` (limits, per-model prices, extra model ids) and hands the pool a complete
+snapshot. It refreshes on a cadence and as soon as ``ServiceUpdated``, ``ServiceRemoved`` or
+``ProviderTEESignerAcknowledged`` logs appear. The prober closes breakers with free ``/v1/models`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from router.chain.client import ChainClient
+from router.config import DiscoveryOptions, StaticUpstream
+from router.errors import ProviderUnreachable, RouterError, UnsafeProviderUrl
+from router.observability.events import BackgroundError, BreakerChanged, Observer, PoolRefreshed
+from router.pool.health import BreakerState
+from router.pool.limits import DEFAULT_BURST, DEFAULT_MAX_CONCURRENT, ProviderLimits
+from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderState
+from router.transport.guard import check_provider_url
+from router.transport.http import HttpTransport
+from router.types import Service
+
+
+def static_infos(upstreams: Sequence[StaticUpstream]) -> list[ProviderInfo]:
+    """Configured upstreams as pool entries (trusted: the operator wrote their URLs)."""
+    return [
+        ProviderInfo(
+            id=u.name,
+            kind=ProviderKind.STATIC,
+            base_url=u.url.rstrip("/"),
+            probe_url=u.url.rstrip("/") + "/models",
+            service_type=u.service_type,
+            models=u.models,
+            input_price=u.input_price,
+            output_price=u.output_price,
+            verifiability=u.verifiability,
+            limits=u.limits,
+            api_key=u.api_key,
+        )
+        for u in upstreams
+    ]
+
+
+def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
+    """A chain provider's entry: on-chain record, refined by what its ``/v1/models`` says (if anything)."""
+    models = [service.model]
+    input_price, output_price = service.input_price, service.output_price
+    limits = ProviderLimits()
+    entries = models_doc.get("data") if isinstance(models_doc, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            continue
+        if entry["id"] not in models:
+            models.append(entry["id"])
+        pricing = entry.get("pricing")
+        if entry["id"] == service.model and isinstance(pricing, dict):
+            # /v1/models is authoritative per model; the chain price is a ceiling (protocol.md §4.5).
+            input_price = _int(pricing.get("prompt"), input_price)
+            output_price = _int(pricing.get("completion"), output_price)
+        rates = entry.get("rate_limits")
+        if entry["id"] == service.model and isinstance(rates, dict):
+            limits = ProviderLimits(
+                requests_per_minute=_int(rates.get("requests_per_minute"), int(limits.requests_per_minute)),
+                burst=_int(rates.get("burst"), DEFAULT_BURST),
+                max_concurrent=_int(rates.get("max_concurrent_requests"), DEFAULT_MAX_CONCURRENT),
+            )
+    return ProviderInfo(
+        id=service.provider,
+        kind=ProviderKind.CHAIN,
+        base_url=base + "/v1/proxy",
+        probe_url=base + "/v1/models",
+        service_type=service.service_type,
+        models=tuple(models),
+        input_price=input_price,
+        output_price=output_price,
+        verifiability=service.verifiability,
+        limits=limits,
+    )
+
+
+def _int(value: object, default: int) -> int:
+    """A positive integer from JSON (numbers or decimal strings); ``default`` for anything else or 0."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return default
+    return number if number > 0 else default
+
+
+class Discovery:
+    """Chain providers into the pool. ``refresh()`` once at start, then ``run()`` in the background."""
+
+    def __init__(
+        self,
+        chain: ChainClient,
+        transport: HttpTransport,
+        pool: Pool,
+        options: DiscoveryOptions,
+        *,
+        allow_private: bool,
+        warm: Callable[[str], Awaitable[object]],
+        emit: Observer,
+    ) -> None:
+        self._chain = chain
+        self._transport = transport
+        self._pool = pool
+        self._options = options
+        self._allow_private = allow_private
+        self._warm = warm
+        self._emit = emit
+        self._next_block = 0
+        self.refreshes = 0
+
+    async def refresh(self) -> None:
+        """Replace the pool's chain providers with what the registry says now."""
+        latest = await self._chain.block_number()
+        services = await self._chain.list_services()
+        skipped: dict[str, str] = {}
+        usable: list[tuple[Service, str]] = []
+        for service in services:
+            if not service.tee_signer_acknowledged:
+                skipped[service.provider] = "TEE signer not acknowledged"
+                continue
+            try:
+                base = check_provider_url(service.provider, service.url, allow_private=self._allow_private)
+            except UnsafeProviderUrl as exc:
+                skipped[service.provider] = str(exc)
+                continue
+            usable.append((service, base))
+        docs = await asyncio.gather(*(self._models_doc(service, base) for service, base in usable))
+        infos = [provider_info(service, base, doc) for (service, base), doc in zip(usable, docs, strict=True)]
+        self._pool.replace(ProviderKind.CHAIN, infos)
+        self._next_block = latest + 1
+        self.refreshes += 1
+        self._emit(PoolRefreshed(len(infos), skipped))
+        # Mint session tokens now, so that no request waits for a chain read to get one.
+        results = await asyncio.gather(*(self._warm(info.id) for info in infos), return_exceptions=True)
+        for info, result in zip(infos, results, strict=True):
+            if isinstance(result, RouterError):
+                self._emit(BackgroundError("session-token", f"{info.id}: {result}"))
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def run(self) -> None:
+        """Refresh every ``refresh_interval`` s, and sooner when the registry emits a change."""
+        options = self._options
+        since_refresh = 0.0
+        while True:
+            await asyncio.sleep(options.event_poll_interval)
+            since_refresh += options.event_poll_interval
+            try:
+                if since_refresh >= options.refresh_interval or await self._registry_changed():
+                    await self.refresh()
+                    since_refresh = 0.0
+            except RouterError as exc:
+                self._emit(BackgroundError("discovery", str(exc)))
+
+    async def _registry_changed(self) -> bool:
+        latest = await self._chain.block_number()
+        if latest < self._next_block:
+            return False
+        changes = await self._chain.service_changes(self._next_block, latest)
+        self._next_block = latest + 1
+        return changes > 0
+
+    async def _models_doc(self, service: Service, base: str) -> Any:
+        try:
+            return await self._transport.get_json(
+                ProviderKind.CHAIN,
+                service.provider,
+                base + "/v1/models",
+                headers={},
+                time_left=self._options.models_timeout,
+            )
+        except ProviderUnreachable:
+            # Still usable: it gets the broker's default limits until it answers.
+            return None
+
+
+class Prober:
+    """Lets a free ``GET`` through to each half-open provider: success closes its breaker, failure
+    re-opens it with a longer cooldown. No request is spent on a provider that may still be down."""
+
+    def __init__(
+        self, pool: Pool, transport: HttpTransport, options: DiscoveryOptions, emit: Observer
+    ) -> None:
+        self._pool = pool
+        self._transport = transport
+        self._options = options
+        self._emit = emit
+
+    async def run(self, on_change: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(self._options.probe_interval)
+            due = [s for s in self._pool if s.health.state is BreakerState.HALF_OPEN and s.health.admits()]
+            if due:
+                await asyncio.gather(*(self._probe(state) for state in due))
+                on_change()
+
+    async def _probe(self, state: ProviderState) -> None:
+        info, health = state.info, state.health
+        health.begin()
+        headers = {"Authorization": f"Bearer {info.api_key}"} if info.api_key else {}
+        try:
+            await self._transport.get_json(
+                info.kind, info.id, info.probe_url, headers=headers, time_left=self._options.models_timeout
+            )
+        except ProviderUnreachable:
+            health.record_failure()
+        else:
+            health.record_success()
+        self._emit(BreakerChanged(info.id, health.state.value))

@@ -1,0 +1,1 @@
+"""Pure routing decisions: which providers to try, and what a reply means."""

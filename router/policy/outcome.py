@@ -1,0 +1,101 @@
+"""What a provider's reply means for the request and for the provider (protocol.md §4.2, §4.7, §10). Pure.
+
+400 means many things at a 0G provider; the broker's message text is the only signal, so the rules below
+match substrings the broker is known to use.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+
+from router.pool.providers import ProviderKind
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    UNHEALTHY = "unhealthy"  # 5xx, connect error, timeout: cool the provider down, fail over
+    RATE_LIMITED = "rate_limited"  # 429: back off this (wallet, provider) pair, fail over
+    UNFUNDED = "unfunded"  # our sub-account is too low there: exclude until funded, fail over
+    MISCONFIGURED = "misconfigured"  # auth, acknowledgement, model or route problem there: fail over
+    CLIENT_ERROR = "client_error"  # the request itself is wrong: return the provider's answer as is
+
+
+# Order matters: the first match wins.
+_RULES_400: tuple[tuple[Verdict, tuple[str, ...]], ...] = (
+    (Verdict.UNFUNDED, ("insufficient balance", "account not exist", "account does not exist")),
+    (
+        Verdict.MISCONFIGURED,
+        (
+            "not acknowledge",
+            "session token",
+            "authorization",
+            "signature verification",
+            "token expired",
+            "token revoked",
+            "generation mismatch",
+            "model not supported",
+            "endpoint not supported",
+        ),
+    ),
+)
+
+
+def classify(status: int, body: bytes, kind: ProviderKind = ProviderKind.CHAIN) -> Verdict:
+    """The verdict for an HTTP reply with ``status`` and (the start of) its ``body``."""
+    if status < 300:
+        return Verdict.OK
+    if status == 429:
+        return Verdict.RATE_LIMITED
+    if status >= 500 or status == 408:
+        return Verdict.UNHEALTHY
+    if status in (401, 403):
+        # Our credentials (a session token or a configured API key), not the client's.
+        return Verdict.MISCONFIGURED
+    if status in (404, 410):
+        # A route or model the provider no longer serves: our registry view is stale.
+        return Verdict.MISCONFIGURED
+    if status == 402:
+        return Verdict.UNFUNDED
+    if status == 400 and kind is ProviderKind.CHAIN:
+        text = error_message(body).lower()
+        for verdict, needles in _RULES_400:
+            if any(needle in text for needle in needles):
+                return verdict
+    return Verdict.CLIENT_ERROR
+
+
+def error_message(body: bytes) -> str:
+    """The error text of a provider body: ``{"error": "..."}``, ``{"error": {"message": ...}}`` or raw."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:500].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        error = data.get("error", data.get("message"))
+        if isinstance(error, dict):
+            error = error.get("message")
+        if isinstance(error, str):
+            return error
+    return body[:500].decode("utf-8", "replace")
+
+
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?\s*$"
+)
+
+
+def reset_seconds(value: str | None) -> float | None:
+    """Parse an ``x-ratelimit-reset-*`` value such as ``"2s"``, ``"1m30s"``, ``"250ms"`` or ``"3"``."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    match = _DURATION.match(value)
+    if match is None or not any(match.groups()):
+        return None
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000

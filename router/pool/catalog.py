@@ -1,0 +1,68 @@
+"""The model list the gateway and the library show: per model, who serves it, at what price, how healthy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.pool.providers import Pool, ProviderState
+
+
+def model_catalog(pool: Pool, now: float) -> list[dict[str, Any]]:
+    """OpenAI-style model objects with a zg-router summary and a per-provider detail list.
+
+    Prices are neuron per token (strings: they exceed JSON's safe integers on some providers).
+    """
+    by_model: dict[str, list[ProviderState]] = {}
+    names: dict[str, str] = {}
+    for state in pool:
+        for model in state.info.models:
+            by_model.setdefault(model.lower(), []).append(state)
+            names.setdefault(model.lower(), model)
+    catalog = []
+    for key in sorted(by_model):
+        providers = by_model[key]
+        prompt = [s.info.input_price for s in providers]
+        completion = [s.info.output_price for s in providers]
+        catalog.append(
+            {
+                "id": names[key],
+                "object": "model",
+                "created": 0,
+                "owned_by": "0g-compute",
+                "service_types": sorted({s.info.service_type for s in providers}),
+                "providers": len(providers),
+                "available": sum(1 for s in providers if s.available(now)),
+                "pricing": {
+                    "prompt": {"min": str(min(prompt)), "max": str(max(prompt))},
+                    "completion": {"min": str(min(completion)), "max": str(max(completion))},
+                },
+                "tee": any(s.info.verifiable for s in providers),
+                "provider_details": [_detail(s, now) for s in providers],
+            }
+        )
+    return catalog
+
+
+def _detail(state: ProviderState, now: float) -> dict[str, Any]:
+    info, health, gate = state.info, state.health, state.gate
+    excluded = state.excluded_at(now)
+    return {
+        "id": info.id,
+        "kind": info.kind.value,
+        "service_type": info.service_type,
+        "pricing": {"prompt": str(info.input_price), "completion": str(info.output_price)},
+        "verifiability": info.verifiability,
+        "limits": {
+            "requests_per_minute": info.limits.requests_per_minute,
+            "burst": info.limits.burst,
+            "max_concurrent": info.limits.max_concurrent,
+        },
+        "health": {
+            "breaker": health.state.value,
+            "latency_ms": None if health.latency is None else round(health.latency * 1000, 2),
+            "ttft_ms": None if health.ttft is None else round(health.ttft * 1000, 2),
+            "error_rate": round(health.error_rate, 4),
+        },
+        "in_flight": gate.in_flight,
+        "excluded": excluded.value if excluded else None,
+    }

@@ -1,0 +1,102 @@
+"""Per-(wallet, provider) admission: a token bucket (aiolimiter) and a concurrency cap. Decides nothing.
+
+The router has one wallet per chain provider, so one ``Gate`` per provider is one per (wallet, provider)
+pair, which is what the provider's broker counts (protocol.md §4.7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from router.errors import ConfigError
+
+# The broker's defaults (protocol.md §4.7), used when a provider does not advertise its own.
+DEFAULT_REQUESTS_PER_MINUTE = 30
+DEFAULT_BURST = 5
+DEFAULT_MAX_CONCURRENT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimits:
+    """Per-wallet limits a provider enforces: a token bucket (rate, burst) and a concurrency cap."""
+
+    requests_per_minute: float = DEFAULT_REQUESTS_PER_MINUTE
+    burst: int = DEFAULT_BURST
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+
+    def __post_init__(self) -> None:
+        if self.requests_per_minute <= 0 or self.burst < 1 or self.max_concurrent < 1:
+            raise ConfigError("provider limits must be positive (rpm > 0, burst >= 1, max_concurrent >= 1)")
+
+
+class Gate:
+    """One (wallet, provider) pair's bucket, concurrency count and back-off.
+
+    ``rate_margin`` (0 < m <= 1) runs our bucket a little slower than the provider's, so network jitter
+    between our clock and theirs never turns a request we admitted into a provider 429.
+    Tokens are only ever taken through ``AsyncLimiter.acquire``; a token a refill task waited for is
+    "banked" until a queued request uses it, so no token is lost between the two.
+    """
+
+    __slots__ = (
+        "_banked",
+        "blocked_until",
+        "in_flight",
+        "limiter",
+        "max_concurrent",
+        "peak_in_flight",
+        "seconds_per_request",
+    )
+
+    def __init__(self, limits: ProviderLimits, rate_margin: float = 1.0) -> None:
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.blocked_until = 0.0
+        self._banked = 0
+        self.reconfigure(limits, rate_margin)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Gate in_flight={self.in_flight}/{self.max_concurrent} banked={self._banked} "
+            f"rate={60 / self.seconds_per_request:.1f}/min burst={self.limiter.max_rate:g}>"
+        )
+
+    def reconfigure(self, limits: ProviderLimits, rate_margin: float) -> None:
+        """Adopt new limits. The bucket starts over (full), as the provider's own does on a config change."""
+        if not 0 < rate_margin <= 1:
+            raise ConfigError("rate_margin must be in (0, 1]")
+        per_minute = limits.requests_per_minute * rate_margin
+        self.seconds_per_request = 60.0 / per_minute
+        self.limiter = AsyncLimiter(limits.burst, limits.burst * self.seconds_per_request)
+        self.max_concurrent = limits.max_concurrent
+
+    def has_room(self, now: float) -> bool:
+        """A concurrency slot is free and no back-off is in force."""
+        return self.in_flight < self.max_concurrent and now >= self.blocked_until
+
+    def has_token(self) -> bool:
+        return self._banked > 0 or self.limiter.has_capacity()
+
+    async def take(self) -> None:
+        """Use a token and a slot. Called right after ``has_room`` and ``has_token`` held, with no await in
+        between, so the acquire below finds capacity and returns without suspending."""
+        if self._banked:
+            self._banked -= 1
+        else:
+            await self.limiter.acquire()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    async def refill(self) -> None:
+        """Wait for the bucket's next token and bank it for a queued request."""
+        await self.limiter.acquire()
+        self._banked += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def back_off(self, until: float) -> None:
+        """Send nothing before ``until`` (the provider said 429)."""
+        self.blocked_until = max(self.blocked_until, until)

@@ -1,0 +1,153 @@
+"""The provider pool: who can serve what, at which price and limits, and how each is doing. Sync, no I/O.
+
+Discovery hands the pool complete ``ProviderInfo`` snapshots; the pool keeps one ``ProviderState`` per
+provider across refreshes, so health, in-flight slots and back-offs survive a refresh that only changed a
+price.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from router.pool.health import Health, HealthPolicy
+from router.pool.limits import Gate, ProviderLimits
+
+
+class ProviderKind(enum.Enum):
+    CHAIN = "chain"  # discovered on chain, authenticated with our wallet's session tokens
+    STATIC = "static"  # an OpenAI-compatible URL + API key from config
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """What discovery (or config) says about one provider. Replaced wholesale on every refresh.
+
+    ``base_url`` is where endpoint paths go (``…/v1/proxy`` for chain providers); ``probe_url`` is a free
+    route that shows the provider is up (its model list). ``models`` are the ids
+    it serves, as advertised; matching is case-insensitive. Prices are neuron per token.
+    """
+
+    id: str
+    kind: ProviderKind
+    base_url: str
+    probe_url: str
+    service_type: str
+    models: tuple[str, ...]
+    input_price: int = 0
+    output_price: int = 0
+    verifiability: str = ""
+    limits: ProviderLimits = field(default_factory=ProviderLimits)
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def verifiable(self) -> bool:
+        return self.verifiability in ("TeeML", "TeeTLS")
+
+
+class Exclusion(enum.Enum):
+    """Why a provider is left out for a while, besides its breaker."""
+
+    UNFUNDED = "unfunded"  # it said our sub-account's balance is too low
+    MISCONFIGURED = "misconfigured"  # auth, acknowledgement or model problem at that provider
+
+
+class ProviderState:
+    """One provider's live record: its info, health, admission gate and exclusions."""
+
+    __slots__ = ("excluded", "gate", "health", "info")
+
+    def __init__(self, info: ProviderInfo, health: Health, gate: Gate) -> None:
+        self.info = info
+        self.health = health
+        self.gate = gate
+        self.excluded: dict[Exclusion, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.info.id} {self.health!r} {self.gate!r}>"
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def exclude(self, reason: Exclusion, until: float) -> None:
+        self.excluded[reason] = max(until, self.excluded.get(reason, until))
+
+    def excluded_at(self, now: float) -> Exclusion | None:
+        for reason, until in self.excluded.items():
+            if now < until:
+                return reason
+        return None
+
+    def available(self, now: float) -> bool:
+        """Not excluded and its breaker lets a request through (limits aside)."""
+        return self.excluded_at(now) is None and self.health.admits()
+
+
+class Pool:
+    """Every known provider, indexed by (service type, model). Mutations are synchronous."""
+
+    def __init__(
+        self,
+        health_policy: HealthPolicy | None = None,
+        *,
+        clock: Callable[[], float],
+        rate_margin: float = 1.0,
+    ) -> None:
+        self._health_policy = health_policy or HealthPolicy()
+        self._clock = clock
+        self._rate_margin = rate_margin
+        self._providers: dict[str, ProviderState] = {}
+        self._index: dict[tuple[str, str], list[ProviderState]] = {}
+        self._models: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    def __iter__(self) -> Iterator[ProviderState]:
+        return iter(list(self._providers.values()))
+
+    def get(self, provider_id: str) -> ProviderState | None:
+        return self._providers.get(provider_id.lower())
+
+    def replace(self, kind: ProviderKind, infos: Iterable[ProviderInfo]) -> None:
+        """Make ``infos`` the providers of ``kind``: add new ones, update known ones, drop the rest.
+
+        A dropped provider's in-flight requests keep their state object and finish normally.
+        """
+        fresh = {info.id.lower(): info for info in infos}
+        for key, state in list(self._providers.items()):
+            if state.info.kind is kind and key not in fresh:
+                del self._providers[key]
+        for key, info in fresh.items():
+            known = self._providers.get(key)
+            if known is None:
+                gate = Gate(info.limits, self._rate_margin)
+                self._providers[key] = ProviderState(info, Health(self._health_policy, self._clock), gate)
+            else:
+                if info.limits != known.info.limits:
+                    known.gate.reconfigure(info.limits, self._rate_margin)
+                known.info = info
+        self._reindex()
+
+    def candidates(self, service_type: str, model: str) -> list[ProviderState]:
+        """Providers of ``service_type`` that serve ``model`` (case-insensitive); may be empty."""
+        return self._index.get((service_type, model.lower()), [])
+
+    def knows_model(self, model: str) -> bool:
+        return model.lower() in self._models
+
+    def model_ids(self) -> list[str]:
+        """Every model id served by some provider, as first advertised."""
+        return sorted(self._models.values())
+
+    def _reindex(self) -> None:
+        index: dict[tuple[str, str], list[ProviderState]] = {}
+        models: dict[str, str] = {}
+        for state in self._providers.values():
+            for model in state.info.models:
+                index.setdefault((state.info.service_type, model.lower()), []).append(state)
+                models.setdefault(model.lower(), model)
+        self._index = index
+        self._models = models

@@ -1,0 +1,1 @@
+"""The faces: the OpenAI-compatible aiohttp gateway."""

@@ -1,0 +1,241 @@
+"""The OpenAI-compatible gateway: ``make_app(router, config)`` builds the aiohttp application.
+
+Handlers parse and validate, call ``Router.dispatch``, and write the reply. Every error a client can see is
+OpenAI-shaped JSON with the right status; nothing here decides routing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import structlog
+from aiohttp import web
+
+from router.client import Router
+from router.config import GatewayConfig
+from router.dispatch import Endpoint, Reply, StreamReply
+from router.errors import ConfigError, RequestFailed, Unauthorized
+from router.server.wire import error_json, error_response, parse_json_request, parse_multipart_request
+
+ROUTER = web.AppKey("router", Router)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_OUR_PATHS = {f"/v1{e.path}" for e in Endpoint} | {"/v1/models", "/healthz", "/readyz"}
+_log = structlog.get_logger("router.gateway")
+
+Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """The gateway listening on ``config.host:config.port``: ``async with Gateway(router, config) as gw:``.
+
+    Handlers are cancelled when their client disconnects, so an abandoned request frees its slot at once.
+    """
+
+    def __init__(self, router: Router, config: GatewayConfig) -> None:
+        self._runner = web.AppRunner(make_app(router, config), access_log=None, handler_cancellation=True)
+        self._config = config
+        self.url = ""
+
+    async def __aenter__(self) -> Self:
+        await self._runner.setup()
+        try:
+            site = web.TCPSite(self._runner, self._config.host, self._config.port)
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self._config.host}:{self._config.port}: {exc.strerror}"
+            ) from None
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._runner.cleanup()
+
+
+def make_app(router: Router, config: GatewayConfig) -> web.Application:
+    """The gateway for ``router``. The caller owns the router (opens it before, closes it after)."""
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[ROUTER] = router
+    guard = functools.partial(
+        _guarded, keys=tuple(k.encode() for k in config.api_keys), max_body=config.max_body_bytes
+    )
+    for endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES):
+        app.router.add_post(
+            f"/v1{endpoint.path}", guard(functools.partial(_json_endpoint, endpoint=endpoint))
+        )
+    app.router.add_post("/v1/audio/transcriptions", guard(_transcription))
+    app.router.add_get("/v1/models", guard(_models))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def _guarded(
+    handler: Handler, *, keys: tuple[bytes, ...], max_body: int
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Request id, gateway API key, and errors rendered the OpenAI way, around ``handler``."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        given = request.headers.get("X-Request-Id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        try:
+            if keys:
+                _check_key(request.headers.get("Authorization"), keys)
+            return await handler(request, request_id)
+        except RequestFailed as exc:
+            return error_response(exc, _reply_headers(request_id, exc.attempts))
+        except web.HTTPRequestEntityTooLarge:
+            return error_json(
+                413,
+                f"the request body is larger than the gateway's limit of {max_body} bytes",
+                "invalid_request_error",
+                code="request_too_large",
+                headers={"x-request-id": request_id},
+            )
+        except Exception:
+            # A bug of ours: the client gets an id to quote, the log gets the traceback.
+            _log.exception("unhandled error", request_id=request_id, path=request.path)
+            return error_json(
+                500,
+                f"internal error (request id {request_id})",
+                "api_error",
+                headers={"x-request-id": request_id},
+            )
+
+    return guarded
+
+
+def _check_key(header: str | None, keys: tuple[bytes, ...]) -> None:
+    if not header:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode()
+    # Compare with every key, so the time taken says nothing about which (if any) almost matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    if scheme.lower() != "bearer" or not matched:
+        raise Unauthorized("invalid API key", code="invalid_api_key")
+
+
+async def _json_endpoint(request: web.Request, request_id: str, *, endpoint: Endpoint) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    parsed = parse_json_request(endpoint, await request.read(), request.headers)
+    call = router.new_call(
+        endpoint,
+        model=parsed.model,
+        body=parsed.body,
+        content_type=parsed.content_type,
+        stream=parsed.stream,
+        prefs=parsed.prefs,
+        request_id=request_id,
+    )
+    reply = await router.dispatch(call)
+    if isinstance(reply, StreamReply):
+        return await _stream(request, reply, request_id)
+    return _whole(reply, request_id)
+
+
+async def _transcription(request: web.Request, request_id: str) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    parsed = parse_multipart_request(
+        await request.read(), request.headers.get("Content-Type", ""), request.headers
+    )
+    call = router.new_call(
+        Endpoint.TRANSCRIPTIONS,
+        model=parsed.model,
+        body=parsed.body,
+        content_type=parsed.content_type,
+        prefs=parsed.prefs,
+        request_id=request_id,
+    )
+    reply = await router.dispatch(call)
+    assert isinstance(reply, Reply)
+    return _whole(reply, request_id)
+
+
+def _whole(reply: Reply, request_id: str) -> web.Response:
+    headers = _reply_headers(request_id, reply.attempts, reply.provider, reply.res_key)
+    headers["Content-Type"] = reply.content_type
+    if reply.cost is not None:
+        headers["x-zg-cost"] = str(reply.cost)
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+
+async def _stream(request: web.Request, reply: StreamReply, request_id: str) -> web.StreamResponse:
+    headers = _reply_headers(request_id, reply.attempts, reply.provider, reply.res_key)
+    headers.update(
+        {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    response = web.StreamResponse(headers=headers)
+    try:
+        await response.prepare(request)
+        async for event in reply.events():
+            await response.write(event)
+        await response.write_eof()
+    except ConnectionError:
+        # The client went away mid-stream; nobody is left to tell. The slot is freed below.
+        pass
+    finally:
+        await reply.aclose()
+    return response
+
+
+def _reply_headers(
+    request_id: str, attempts: int, provider: str | None = None, res_key: str | None = None
+) -> dict[str, str]:
+    headers = {"x-request-id": request_id, "x-zg-attempts": str(attempts)}
+    if provider is not None:
+        headers["x-zg-provider"] = provider
+    if res_key:
+        headers["zg-res-key"] = res_key
+    return headers
+
+
+async def _models(request: web.Request, request_id: str) -> web.StreamResponse:
+    data = request.app[ROUTER].models()
+    return web.json_response({"object": "list", "data": data}, headers={"x-request-id": request_id})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    now = router.now()
+    providers = list(router.pool)
+    available = sum(1 for state in providers if state.available(now))
+    body = {
+        "status": "ready" if available else "not_ready",
+        "providers": len(providers),
+        "available": available,
+    }
+    return web.json_response(body, status=200 if available else 503)
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    if request.path in _OUR_PATHS:
+        return error_json(
+            405,
+            f"{request.method} is not allowed on {request.path}",
+            "invalid_request_error",
+            code="method_not_allowed",
+        )
+    return error_json(
+        404, f"no route {request.method} {request.path}", "invalid_request_error", code="not_found"
+    )

@@ -1,0 +1,65 @@
+"""``zg-router serve``: the gateway over a real network, configured from a TOML file and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from router.client import Router
+from router.config import GatewayConfig, RouterConfig, load_config
+from router.observability.logging import LogObserver, configure_logging
+from router.server.app import Gateway
+
+
+async def run_serve(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get("ZG_ROUTER_CONFIG")
+    router_config, gateway_config = load_config(Path(path) if path else None, os.environ)
+    if args.host is not None or args.port is not None:
+        gateway_config = _with_address(gateway_config, args.host, args.port)
+    configure_logging(args.log_level, json=args.log_json)
+    await serve(router_config, gateway_config)
+    return 0
+
+
+async def serve(
+    router_config: RouterConfig,
+    gateway_config: GatewayConfig,
+    *,
+    announce: Callable[[Router, Gateway], None] = lambda router, gateway: None,
+) -> None:
+    """Run the router and its gateway until SIGINT or SIGTERM; ``announce`` runs once both are up."""
+    stop = stop_on_signals()
+    log = structlog.get_logger("router")
+    async with (
+        Router(router_config, observers=[LogObserver()]) as router,
+        Gateway(router, gateway_config) as gateway,
+    ):
+        log.info(
+            "gateway listening",
+            url=gateway.url + "/v1",
+            providers=len(router.pool),
+            wallet=router.wallet_address,
+        )
+        announce(router, gateway)
+        await stop.wait()
+    log.info("gateway stopped")
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _with_address(config: GatewayConfig, host: str | None, port: int | None) -> GatewayConfig:
+    return replace(config, host=host or config.host, port=config.port if port is None else port)

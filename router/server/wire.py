@@ -1,0 +1,112 @@
+"""OpenAI wire shapes: reading a client's request into a ``Call`` and writing errors the SDKs understand."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from email.parser import BytesParser
+from email.policy import HTTP
+
+from aiohttp import web
+
+from router.dispatch import Endpoint
+from router.errors import InvalidRequest, RequestFailed, UpstreamRejected
+from router.policy.select import Preferences, parse_preferences
+
+# Fields each JSON endpoint cannot do without, with what they must be.
+_REQUIRED: dict[Endpoint, tuple[str, type, str]] = {
+    Endpoint.CHAT: ("messages", list, "a non-empty list of messages"),
+    Endpoint.EMBEDDINGS: ("input", object, "a string or a list"),
+    Endpoint.IMAGES: ("prompt", str, "a string"),
+}
+
+
+class Parsed:
+    """What the gateway needs from a request body."""
+
+    __slots__ = ("body", "content_type", "model", "prefs", "stream")
+
+    def __init__(self, model: str, body: bytes, content_type: str, stream: bool, prefs: Preferences) -> None:
+        self.model = model
+        self.body = body
+        self.content_type = content_type
+        self.stream = stream
+        self.prefs = prefs
+
+
+def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Parsed:
+    """Validate a JSON request; strip our ``provider`` field before it goes to a provider."""
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
+    field, kind, shape = _REQUIRED[endpoint]
+    value = payload.get(field)
+    if value is None or not isinstance(value, kind) or (kind is list and not value):
+        raise InvalidRequest(f"`{field}` is required and must be {shape}", param=field)
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be true or false", param="stream")
+    if stream and endpoint is not Endpoint.CHAT:
+        raise InvalidRequest(f"streaming is not supported on {endpoint.path}", param="stream")
+    if "provider" in payload:
+        # Our routing field: providers must not see it. Re-encoding only then leaves most bodies untouched.
+        prefs = parse_preferences(payload.pop("provider"), headers)
+        body = json.dumps(payload).encode()
+    else:
+        prefs = parse_preferences(None, headers)
+    return Parsed(model, body, "application/json", stream, prefs)
+
+
+def parse_multipart_request(body: bytes, content_type: str, headers: Mapping[str, str]) -> Parsed:
+    """A transcription upload: the model comes from its form field; the body is passed on unchanged."""
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("audio transcriptions take multipart/form-data (a file and a model)")
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    fields: dict[str, bytes] = {}
+    if message.is_multipart():
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if isinstance(name, str):
+                payload = part.get_payload(decode=True)
+                fields[name] = payload if isinstance(payload, bytes) else b""
+    if "file" not in fields:
+        raise InvalidRequest("`file` is required: the audio to transcribe", param="file")
+    model = fields.get("model", b"").decode("utf-8", "replace").strip()
+    if not model:
+        raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
+    return Parsed(model, body, content_type, False, parse_preferences(None, headers))
+
+
+def error_response(error: RequestFailed, extra_headers: Mapping[str, str]) -> web.Response:
+    """The OpenAI error body for ``error``, with its status and headers (``Retry-After`` on 429/503)."""
+    headers = {**error.headers, **extra_headers}
+    if isinstance(error, UpstreamRejected):
+        return web.Response(
+            status=error.status, body=error.body, headers={**headers, "Content-Type": error.content_type}
+        )
+    return error_json(
+        error.status, error.message, error.type, code=error.code, param=error.param, headers=headers
+    )
+
+
+def error_json(
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)

@@ -1,0 +1,200 @@
+"""The aiohttp client for providers. aiohttp errors become ``ProviderUnreachable`` here and nowhere else.
+
+Two sessions: one for registry providers (untrusted URLs, connections checked by ``GuardedResolver``
+unless private targets are allowed) and one for static upstreams the operator configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from router.errors import ProviderUnreachable
+from router.pool.providers import ProviderInfo, ProviderKind
+from router.transport.guard import GuardedResolver
+from router.transport.sse import SSEFramer
+
+# Enough for a few large base64 images; a provider sending more is cut off rather than filling memory.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """Timeouts in seconds. ``stream_idle_timeout`` bounds the gap between two stream events."""
+
+    connect_timeout: float = 5.0
+    stream_idle_timeout: float = 60.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    allow_private_targets: bool = False
+
+
+class Upstream:
+    """A provider's reply whose headers have arrived. Close it (or read it to the end) exactly once."""
+
+    __slots__ = ("_framer", "_idle_timeout", "_max_bytes", "_provider", "_response")
+
+    def __init__(
+        self, provider: str, response: aiohttp.ClientResponse, idle_timeout: float, max_bytes: int
+    ) -> None:
+        self._provider = provider
+        self._response = response
+        self._idle_timeout = idle_timeout
+        self._max_bytes = max_bytes
+        self._framer = SSEFramer()
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def read(self) -> bytes:
+        """The whole body (at most ``max_response_bytes``); closes the response."""
+        try:
+            with _mapped(self._provider):
+                parts = []
+                size = 0
+                async for chunk in self._response.content.iter_chunked(_READ_CHUNK):
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise ProviderUnreachable(
+                            self._provider, f"response larger than {self._max_bytes} bytes"
+                        )
+                    parts.append(chunk)
+                return b"".join(parts)
+        finally:
+            self._response.release()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """Whole SSE events as they arrive. A stall longer than the idle timeout, a dropped connection or
+        an end without ``[DONE]`` mid-event raises ``ProviderUnreachable``."""
+        content = self._response.content
+        while True:
+            with _mapped(self._provider):
+                async with asyncio.timeout(self._idle_timeout):
+                    chunk = await content.readany()
+            if not chunk:
+                if self._framer.pending.strip():
+                    raise ProviderUnreachable(self._provider, "stream ended in the middle of an event")
+                return
+            for event in self._framer.feed(chunk):
+                yield event
+
+    def close(self) -> None:
+        """Drop the connection (mid-stream) or hand it back to the pool (after a full read)."""
+        self._response.close()
+
+
+class HttpTransport:
+    """Sends requests to providers. ``async with HttpTransport(options) as transport:``."""
+
+    def __init__(self, options: TransportOptions | None = None) -> None:
+        self.options = options or TransportOptions()
+        self._sessions: dict[ProviderKind, aiohttp.ClientSession] = {}
+
+    async def __aenter__(self) -> Self:
+        registry = aiohttp.TCPConnector(
+            limit=0,
+            ttl_dns_cache=60,
+            resolver=None if self.options.allow_private_targets else GuardedResolver(),
+        )
+        static = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+        # auto_decompress off: bodies pass through byte for byte, with their Content-Encoding.
+        for kind, connector in ((ProviderKind.CHAIN, registry), (ProviderKind.STATIC, static)):
+            self._sessions[kind] = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    async def send(
+        self,
+        provider: ProviderInfo,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        time_left: float,
+        stream: bool,
+    ) -> Upstream:
+        """POST ``body`` to ``provider.base_url + path``; returns once the reply's headers are in.
+
+        ``time_left`` (seconds) bounds the whole exchange for a plain reply and the wait for headers for a
+        stream.
+        """
+        opts = self.options
+        client_timeout = aiohttp.ClientTimeout(
+            total=None if stream else time_left,
+            connect=min(opts.connect_timeout, time_left),
+            sock_read=opts.stream_idle_timeout if stream else None,
+        )
+        session = self._sessions[provider.kind]
+        with _mapped(provider.id):
+            async with asyncio.timeout(time_left):
+                response = await session.post(
+                    provider.base_url + path, data=body, headers=headers, timeout=client_timeout
+                )
+        return Upstream(provider.id, response, opts.stream_idle_timeout, opts.max_response_bytes)
+
+    async def get_json(
+        self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
+    ) -> Any:
+        """GET a free JSON route of a provider (``/v1/models``); non-2xx or non-JSON raises."""
+        session = self._sessions[kind]
+        with _mapped(provider):
+            async with (
+                asyncio.timeout(time_left),
+                session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=time_left)) as response,
+            ):
+                if response.status >= 300:
+                    raise ProviderUnreachable(provider, f"{url} answered {response.status}")
+                body = await response.read()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ProviderUnreachable(provider, f"{url} did not answer JSON") from None
+
+
+class _mapped:
+    """Translate aiohttp and timeout errors into ``ProviderUnreachable`` for ``provider``."""
+
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, TimeoutError):
+            raise ProviderUnreachable(self._provider, "timed out") from None
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise ProviderUnreachable(self._provider, f"cannot connect ({exc.os_error})") from None
+        if isinstance(exc, aiohttp.ClientError | ConnectionError):
+            raise ProviderUnreachable(self._provider, f"connection failed ({type(exc).__name__})") from None
