@@ -24,7 +24,7 @@ from router.config import RouterConfig
 from router.discovery import Discovery, Prober, static_infos
 from router.dispatch import Call, Dispatcher, Endpoint, Reply, StreamReply
 from router.errors import AllAttemptsFailed, RouterError
-from router.observability.events import Event, Observer
+from router.observability.events import BreakerChanged, Event, Observer
 from router.policy.select import NO_PREFERENCES, Preferences, parse_preferences
 from router.pool.admission import Admission
 from router.pool.catalog import model_catalog
@@ -69,7 +69,12 @@ class Router:
     async def _open(self) -> None:
         config = self.config
         clock = asyncio.get_running_loop().time
-        pool = Pool(config.health, clock=clock, rate_margin=config.dispatch.rate_margin)
+        pool = Pool(
+            config.health,
+            clock=clock,
+            rate_margin=config.dispatch.rate_margin,
+            on_breaker=lambda provider, state: self.emit(BreakerChanged(provider, state.value)),
+        )
         pool.replace(ProviderKind.STATIC, static_infos(config.static_upstreams))
         transport = await self._stack.enter_async_context(HttpTransport(config.transport))
         admission = await self._stack.enter_async_context(Admission(clock=clock))

@@ -136,6 +136,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     allow_anonymous: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.allow_anonymous:
@@ -149,6 +150,8 @@ class GatewayConfig:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("shutdown_timeout cannot be negative")
 
 
 # -- loading ---------------------------------------------------------------------------------------

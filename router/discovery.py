@@ -15,7 +15,7 @@ from typing import Any
 from router.chain.client import ChainClient
 from router.config import DiscoveryOptions, StaticUpstream
 from router.errors import ProviderUnreachable, RouterError, UnsafeProviderUrl
-from router.observability.events import BackgroundError, BreakerChanged, Observer, PoolRefreshed
+from router.observability.events import BackgroundError, Observer, PoolRefreshed
 from router.pool.health import BreakerState
 from router.pool.limits import DEFAULT_BURST, DEFAULT_MAX_CONCURRENT, ProviderLimits
 from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderState
@@ -181,8 +181,9 @@ class Discovery:
 
 
 class Prober:
-    """Lets a free ``GET`` through to each half-open provider: success closes its breaker, failure
-    re-opens it with a longer cooldown. No request is spent on a provider that may still be down."""
+    """Sends a free ``GET`` to each half-open provider. No answer re-opens its breaker with a longer
+    cooldown, so no paid request is spent on a provider that is still down; an answer lets the next real
+    request through as the probe that closes it."""
 
     def __init__(
         self, pool: Pool, transport: HttpTransport, options: DiscoveryOptions, emit: Observer
@@ -211,5 +212,4 @@ class Prober:
         except ProviderUnreachable:
             health.record_failure()
         else:
-            health.record_success()
-        self._emit(BreakerChanged(info.id, health.state.value))
+            health.reachable()

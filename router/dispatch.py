@@ -8,6 +8,7 @@ only once its first event has arrived. The slot goes back exactly once on every 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import random
@@ -115,7 +116,6 @@ class Dispatcher:
     async def dispatch(self, call: Call) -> Reply | StreamReply:
         """Serve ``call``: a ``Reply``, a ``StreamReply`` (for ``call.stream``), or a ``RequestFailed``."""
         started = self._admission.now()
-        candidates = self._candidates(call)
         tried: set[str] = set()
         attempts = 0
         last: _FailOver | None = None
@@ -126,6 +126,7 @@ class Dispatcher:
             reraise=True,
         )
         try:
+            candidates = self._candidates(call)
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
@@ -144,6 +145,10 @@ class Dispatcher:
         except RequestFailed as exc:
             exc.attempts = attempts
             error = exc
+        except asyncio.CancelledError:
+            # The caller went away (a client disconnect cancels the gateway's handler).
+            self._finish(call, started, 499, None, attempts, None, None, error="the caller went away")
+            raise
         self._finish(call, started, error.status, None, attempts, None, None, error=str(error))
         raise error
 

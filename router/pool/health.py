@@ -3,8 +3,9 @@
 Breaker states:
     closed     traffic flows; ``failure_threshold`` failures in a row open it
     open       no traffic until the cooldown has passed; each re-opening doubles the cooldown (capped)
-    half-open  the cooldown passed: one probe at a time may go (a free ``/v1/models`` call or a real
-               request); a success closes the breaker and resets the cooldown, a failure re-opens it
+    half-open  the cooldown passed: one probe at a time may go. A free ``/v1/models`` call that fails
+               re-opens it; one that answers leaves it half-open for a real request, whose success closes
+               the breaker and resets the cooldown, and whose failure re-opens it
 
 The clock is injected, so every transition is testable without waiting.
 """
@@ -50,6 +51,7 @@ class Health:
         "_clock",
         "_cooldown",
         "_failures_in_a_row",
+        "_on_change",
         "_open_until",
         "_policy",
         "_probing",
@@ -58,9 +60,17 @@ class Health:
         "ttft",
     )
 
-    def __init__(self, policy: HealthPolicy | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        policy: HealthPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[BreakerState], None] | None = None,
+    ):
+        """``on_change`` hears each opening and each closing of the breaker (not the timed move to
+        half-open, which happens by the clock alone)."""
         self._policy = policy or HealthPolicy()
         self._clock = clock
+        self._on_change = on_change
         self.latency: float | None = None
         self.ttft: float | None = None
         self.error_rate = 0.0
@@ -98,6 +108,12 @@ class Health:
         if self.state is BreakerState.HALF_OPEN:
             self._probing = True
 
+    def reachable(self) -> None:
+        """A free probe got an answer. That shows the provider is up, not that it serves (a provider may
+        list its models and still fail every paid request), so the breaker stays half-open for one real
+        request to close it."""
+        self._probing = False
+
     def abandon(self) -> None:
         """A request that began here ended with no verdict (it was cancelled): the probe slot frees up."""
         self._probing = False
@@ -114,8 +130,11 @@ class Health:
         self.error_rate -= alpha * self.error_rate
         self._failures_in_a_row = 0
         self._probing = False
-        self._open_until = None
         self._cooldown = self._policy.cooldown
+        if self._open_until is not None:
+            self._open_until = None
+            if self._on_change is not None:
+                self._on_change(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
         """An attempt failed in a way that counts against the provider (5xx, connect, timeout)."""
@@ -132,7 +151,12 @@ class Health:
         """Open the breaker for at least ``seconds`` (a provider said it is overloaded, say)."""
         self._probing = False
         until = self._clock() + seconds
-        self._open_until = until if self._open_until is None else max(self._open_until, until)
+        if self._open_until is None:
+            self._open(seconds)
+        else:
+            self._open_until = max(self._open_until, until)
 
     def _open(self, seconds: float) -> None:
         self._open_until = self._clock() + seconds
+        if self._on_change is not None:
+            self._on_change(BreakerState.OPEN)

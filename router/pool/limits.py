@@ -34,8 +34,10 @@ class ProviderLimits:
 class Gate:
     """One (wallet, provider) pair's bucket, concurrency count and back-off.
 
-    ``rate_margin`` (0 < m <= 1) runs our bucket a little slower than the provider's, so network jitter
-    between our clock and theirs never turns a request we admitted into a provider 429.
+    Our bucket is a little smaller and slower than the provider's, so that the time a request spends on the
+    wire never turns one we admitted into a provider 429: it holds one token less than the provider's burst
+    (the provider's bucket starts its refill when our burst *arrives*, a little after we sent it), and
+    refills at ``rate_margin`` (0 < m <= 1) of the provider's rate, so jitter cannot add up over time.
     Tokens are only ever taken through ``AsyncLimiter.acquire``; a token a refill task waited for is
     "banked" until a queued request uses it, so no token is lost between the two.
     """
@@ -69,7 +71,8 @@ class Gate:
             raise ConfigError("rate_margin must be in (0, 1]")
         per_minute = limits.requests_per_minute * rate_margin
         self.seconds_per_request = 60.0 / per_minute
-        self.limiter = AsyncLimiter(limits.burst, limits.burst * self.seconds_per_request)
+        capacity = max(1, limits.burst - 1)
+        self.limiter = AsyncLimiter(capacity, capacity * self.seconds_per_request)
         self.max_concurrent = limits.max_concurrent
 
     def has_room(self, now: float) -> bool:

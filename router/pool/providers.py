@@ -11,7 +11,7 @@ import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from router.pool.health import Health, HealthPolicy
+from router.pool.health import BreakerState, Health, HealthPolicy
 from router.pool.limits import Gate, ProviderLimits
 
 
@@ -94,7 +94,10 @@ class Pool:
         *,
         clock: Callable[[], float],
         rate_margin: float = 1.0,
+        on_breaker: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
+        """``on_breaker(provider_id, state)`` hears every breaker opening and closing."""
+        self._on_breaker = on_breaker
         self._health_policy = health_policy or HealthPolicy()
         self._clock = clock
         self._rate_margin = rate_margin
@@ -124,12 +127,19 @@ class Pool:
             known = self._providers.get(key)
             if known is None:
                 gate = Gate(info.limits, self._rate_margin)
-                self._providers[key] = ProviderState(info, Health(self._health_policy, self._clock), gate)
+                health = Health(self._health_policy, self._clock, self._breaker_hook(info.id))
+                self._providers[key] = ProviderState(info, health, gate)
             else:
                 if info.limits != known.info.limits:
                     known.gate.reconfigure(info.limits, self._rate_margin)
                 known.info = info
         self._reindex()
+
+    def _breaker_hook(self, provider: str) -> Callable[[BreakerState], None] | None:
+        hook = self._on_breaker
+        if hook is None:
+            return None
+        return lambda state: hook(provider, state)
 
     def candidates(self, service_type: str, model: str) -> list[ProviderState]:
         """Providers of ``service_type`` that serve ``model`` (case-insensitive); may be empty."""

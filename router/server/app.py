@@ -35,10 +35,16 @@ class Gateway:
     """The gateway listening on ``config.host:config.port``: ``async with Gateway(router, config) as gw:``.
 
     Handlers are cancelled when their client disconnects, so an abandoned request frees its slot at once.
+    On exit, requests in flight get ``config.shutdown_timeout`` seconds to finish.
     """
 
     def __init__(self, router: Router, config: GatewayConfig) -> None:
-        self._runner = web.AppRunner(make_app(router, config), access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            make_app(router, config),
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=config.shutdown_timeout,
+        )
         self._config = config
         self.url = ""
 

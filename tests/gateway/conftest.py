@@ -29,7 +29,7 @@ from tests.support import NEURON
 API_KEY = "sk-test-" + "0123456789abcdef" * 2
 CHAT_MODEL = "model-r"
 # Roomy buckets so that hundreds of requests finish in seconds; concurrency stays at the broker's 5.
-FAST = RateLimits(requests_per_minute=1200, burst=10, max_concurrent=5)
+FAST = RateLimits(requests_per_minute=600, burst=10, max_concurrent=5)
 GATEWAY_PROVIDERS = (
     ProviderSpec(model=CHAT_MODEL, input_price=1_000_000_000, output_price=2_000_000_000, limits=FAST),
     ProviderSpec(model=CHAT_MODEL, input_price=2_000_000_000, output_price=3_000_000_000, limits=FAST),
@@ -115,7 +115,7 @@ async def serve(gateway_devnet: Devnet) -> AsyncIterator[ServeFactory]:
             wallet, key = await funded_wallet(gateway_devnet)
             router = Router(router_config(gateway_devnet, key, **dispatch))
             await router.__aenter__()
-            gateway = Gateway(router, GatewayConfig(port=0, api_keys=(API_KEY,)))
+            gateway = Gateway(router, GatewayConfig(port=0, api_keys=(API_KEY,), shutdown_timeout=0.5))
             await gateway.__aenter__()
             opened.append((router, gateway))
             return Served(gateway_devnet, router, gateway.url, wallet, key, http)

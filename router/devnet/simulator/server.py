@@ -40,6 +40,7 @@ from router.types import Account
 MAX_BODY_BYTES = 32 * 1024 * 1024
 SIGNATURE_TTL = 20 * 60.0
 _MAX_SIGNATURES = 100_000
+_SHUTDOWN_TIMEOUT = 0.5
 _VALIDATION_CONTEXT = "Provider proxy: handle proxied service, validate request: "
 _BUSY = {"error": "Server is currently processing too many requests. Please try again later."}
 
@@ -138,7 +139,8 @@ class ProviderSimulator:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/user/{user}/unsettledfee", self._unsettled_fee)
         app.router.add_route("*", "/v1/proxy/{tail:.*}", self._unsupported)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Closing does not wait for slow (fault-delayed) requests: a provider that goes away just goes.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await self._site.start()
@@ -173,7 +175,8 @@ class ProviderSimulator:
                 await runner.cleanup()
 
     async def set_faults(self, faults: Faults) -> None:
-        """Apply new knobs now; ``down`` closes or re-opens the listening socket on the same port."""
+        """Apply new knobs now; ``down`` closes the listening socket and every open connection (or
+        re-opens the socket on the same port)."""
         was_down = self.faults.faults.down
         self.faults.set(faults)
         if faults.down == was_down or self._runner is None:
@@ -181,6 +184,10 @@ class ProviderSimulator:
         if faults.down:
             assert self._site is not None
             await self._site.stop()
+            # A dead provider also drops the connections it had, idle keep-alive ones included.
+            if self._runner.server is not None:
+                for connection in self._runner.server.connections:
+                    connection.force_close()
         else:
             self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
             await self._site.start()
