@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from router.chain.networks import Network, network_by_name
-from router.errors import ConfigError
+from router.errors import ConfigError, InvalidRequest
 from router.policy.select import Strategy
 from router.pool.health import HealthPolicy
 from router.pool.limits import ProviderLimits
@@ -83,6 +83,8 @@ class DispatchOptions:
             raise ConfigError("request_timeout and queue_timeout must be positive")
         if not 0 < self.rate_margin <= 1:
             raise ConfigError("rate_margin must be in (0, 1]")
+        if min(self.rate_limit_backoff, self.unfunded_cooldown, self.misconfigured_cooldown) < 0:
+            raise ConfigError("rate_limit_backoff and the cooldowns cannot be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,17 @@ class GatewayConfig:
 
 # -- loading ---------------------------------------------------------------------------------------
 
-_TOP_KEYS = {"network", "rpc_urls", "private_key_file", "gateway", "dispatch", "discovery", "upstreams"}
+_TOP_KEYS = {
+    "network",
+    "rpc_urls",
+    "private_key_file",
+    "gateway",
+    "dispatch",
+    "discovery",
+    "transport",
+    "health",
+    "upstreams",
+}
 
 
 def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig, GatewayConfig]:
@@ -181,6 +193,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         static_upstreams=tuple(_upstream(u, env) for u in _list(data.get("upstreams", []), "upstreams")),
         dispatch=_section(DispatchOptions, data.get("dispatch", {}), "dispatch"),
         discovery=_section(DiscoveryOptions, data.get("discovery", {}), "discovery"),
+        transport=_section(TransportOptions, data.get("transport", {}), "transport"),
+        health=_section(HealthPolicy, data.get("health", {}), "health"),
     )
     gateway_data = dict(_table(data.get("gateway", {}), "gateway"))
     if "ZG_ROUTER_API_KEYS" in env:
@@ -198,7 +212,11 @@ def _network(data: Mapping[str, Any], env: Mapping[str, str]) -> Network | None:
         return None
     network = network_by_name(str(name))
     urls = env.get("ZG_ROUTER_RPC_URLS")
-    rpc_urls = [u.strip() for u in urls.split(",") if u.strip()] if urls else data.get("rpc_urls")
+    # The file's RPC URLs belong to the file's network: another network from the environment drops them.
+    same_network = str(name) == str(data.get("network", name))
+    rpc_urls = [u.strip() for u in urls.split(",") if u.strip()] if urls else None
+    if rpc_urls is None and same_network:
+        rpc_urls = data.get("rpc_urls")
     if rpc_urls:
         network = network.with_rpc_urls(*_list(rpc_urls, "rpc_urls"))
     return network
@@ -238,12 +256,30 @@ def _upstream(raw: object, env: Mapping[str, str]) -> StaticUpstream:
         raise ConfigError(f"upstream: {exc}") from None
 
 
+_SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+}
+
+
 def _section(cls: type[_T], raw: object, name: str) -> _T:
     table = dict(_table(raw, name))
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    _reject_unknown(table, known, f"[{name}]")
+    known = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(table, set(known), f"[{name}]")
+    for key, value in table.items():
+        if known[key] not in _SCALARS:
+            continue
+        types, words = _SCALARS[known[key]]
+        # TOML has real booleans and numbers: "false" (a string) must not switch a flag on.
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise ConfigError(f"[{name}] {key} must be {words}, got {value!r}")
     if cls is DispatchOptions and "strategy" in table:
-        table["strategy"] = Strategy.parse(str(table["strategy"]), "dispatch.strategy")
+        try:
+            table["strategy"] = Strategy.parse(str(table["strategy"]), "dispatch.strategy")
+        except InvalidRequest as exc:
+            raise ConfigError(f"[dispatch] strategy: {exc.message}") from None
     if cls is GatewayConfig and "api_keys" in table:
         table["api_keys"] = tuple(_list(table["api_keys"], "gateway.api_keys"))
     try:

@@ -79,6 +79,29 @@ class Reply:
 Authorizer = Callable[[ProviderInfo], Awaitable[str]]
 
 
+class _Run:
+    """One request's progress through its attempts."""
+
+    __slots__ = ("_last", "attempts", "call", "counted", "started", "tried")
+
+    def __init__(self, call: Call, started: float) -> None:
+        self.call = call
+        self.started = started
+        self.attempts = 0
+        self.counted = 0
+        self.tried: set[str] = set()
+        self._last: _FailOver | None = None
+
+    def failed(self, exc: BaseException | None) -> None:
+        if isinstance(exc, _FailOver) and exc is not self._last:
+            self._last = exc
+            self.counted += exc.counts
+
+    def last_failure(self) -> _FailOver:
+        assert self._last is not None
+        return self._last
+
+
 class _FailOver(Exception):
     """This attempt failed in a way another attempt may fix."""
 
@@ -116,41 +139,60 @@ class Dispatcher:
     async def dispatch(self, call: Call) -> Reply | StreamReply:
         """Serve ``call``: a ``Reply``, a ``StreamReply`` (for ``call.stream``), or a ``RequestFailed``."""
         started = self._admission.now()
-        tried: set[str] = set()
-        attempts = 0
-        last: _FailOver | None = None
-        retrying = AsyncRetrying(
-            stop=self._budget(call.deadline),
-            retry=retry_if_exception_type(_FailOver),
-            wait=_no_wait,
-            reraise=True,
-        )
+        run = _Run(call, started)
         try:
             candidates = self._candidates(call)
+            # Most requests succeed at once: the first attempt runs without the retry machinery.
+            try:
+                return await self._next_attempt(run, candidates)
+            except _FailOver as exc:
+                run.failed(exc)
+            if not self._budget_left(run):
+                raise run.last_failure()
+            retrying = AsyncRetrying(
+                stop=self._stop(run),
+                retry=retry_if_exception_type(_FailOver),
+                wait=_no_wait,
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
-                    attempts += 1
-                    fresh = [s for s in candidates if s.id not in tried] or candidates
-                    try:
-                        return await self._attempt(call, fresh, tried, attempts, started)
-                    except _FailOver as exc:
-                        last = exc
-                        raise
-        except _FailOver:
-            assert last is not None
+                    return await self._next_attempt(run, candidates)
+        except _FailOver as exc:
+            run.failed(exc)
             error: RequestFailed = AllAttemptsFailed(
-                f"every attempt failed ({attempts} over {len(tried)} provider(s)); last: {last.detail}",
-                attempts=attempts,
+                f"every attempt failed ({run.attempts} over {len(run.tried)} provider(s)); "
+                f"last: {exc.detail}",
+                attempts=run.attempts,
             )
         except RequestFailed as exc:
-            exc.attempts = attempts
+            exc.attempts = run.attempts
             error = exc
         except asyncio.CancelledError:
             # The caller went away (a client disconnect cancels the gateway's handler).
-            self._finish(call, started, 499, None, attempts, None, None, error="the caller went away")
+            self._finish(call, started, 499, None, run.attempts, None, None, error="the caller went away")
             raise
-        self._finish(call, started, error.status, None, attempts, None, None, error=str(error))
+        self._finish(call, started, error.status, None, run.attempts, None, None, error=str(error))
         raise error
+
+    def _stop(self, run: _Run) -> Callable[[RetryCallState], bool]:
+        """The tenacity stop condition: count the attempt that just failed, then check the budget."""
+
+        def stop(state: RetryCallState) -> bool:
+            run.failed(state.outcome.exception() if state.outcome is not None else None)
+            return not self._budget_left(run)
+
+        return stop
+
+    def _budget_left(self, run: _Run) -> bool:
+        """Another attempt fits: fewer than ``max_attempts`` counted failures (provider 429s do not count)
+        and the deadline not yet passed."""
+        return run.counted < self._options.max_attempts and self._admission.now() < run.call.deadline
+
+    async def _next_attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
+        run.attempts += 1
+        fresh = [s for s in candidates if s.id not in run.tried] or candidates
+        return await self._attempt(run.call, fresh, run.tried, run.attempts, run.started)
 
     def _candidates(self, call: Call) -> list[ProviderState]:
         everyone = self._pool.candidates(call.endpoint.service_type, call.model)
@@ -176,21 +218,6 @@ class Dispatcher:
                 code="no_matching_provider",
             )
         return allowed
-
-    def _budget(self, deadline: float) -> Callable[[RetryCallState], bool]:
-        """Stop after ``max_attempts`` counted failures (provider 429s do not count) or at the deadline."""
-        limit = self._options.max_attempts
-        failures = 0
-
-        def stop(state: RetryCallState) -> bool:
-            nonlocal failures
-            outcome = state.outcome
-            exc = outcome.exception() if outcome is not None else None
-            if isinstance(exc, _FailOver) and exc.counts:
-                failures += 1
-            return failures >= limit or self._admission.now() >= deadline
-
-        return stop
 
     async def _attempt(
         self, call: Call, candidates: list[ProviderState], tried: set[str], attempt: int, started: float

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 
 from router.pool.providers import ProviderKind
@@ -29,9 +30,14 @@ _RULES_400: tuple[tuple[Verdict, tuple[str, ...]], ...] = (
         Verdict.MISCONFIGURED,
         (
             "not acknowledge",
+            # Our session token (protocol.md §3.3): we signed it, so the fault is ours, never the client's.
             "session token",
             "authorization",
+            "ephemeral token",
             "signature verification",
+            "invalid signature",
+            "signature format",
+            "recover public key",
             "token expired",
             "token revoked",
             "generation mismatch",
@@ -47,6 +53,9 @@ def classify(status: int, body: bytes, kind: ProviderKind = ProviderKind.CHAIN) 
     if status < 300:
         return Verdict.OK
     if status == 429:
+        # Five wrong-model requests block the wallet at that provider for an hour (protocol.md §4.2).
+        if b"invalid model" in body:
+            return Verdict.MISCONFIGURED
         return Verdict.RATE_LIMITED
     if status >= 500 or status == 408:
         return Verdict.UNHEALTHY
@@ -86,16 +95,25 @@ _DURATION = re.compile(
 )
 
 
+# A provider's header is untrusted: no back-off longer than this, whatever it says.
+MAX_RESET_SECONDS = 3600.0
+
+
 def reset_seconds(value: str | None) -> float | None:
-    """Parse an ``x-ratelimit-reset-*`` value such as ``"2s"``, ``"1m30s"``, ``"250ms"`` or ``"3"``."""
+    """Parse an ``x-ratelimit-reset-*`` value such as ``"2s"``, ``"1m30s"``, ``"250ms"`` or ``"3"``.
+
+    None for anything unparsable or not finite; at most ``MAX_RESET_SECONDS``.
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    match = _DURATION.match(value)
-    if match is None or not any(match.groups()):
+        match = _DURATION.match(value)
+        if match is None or not any(match.groups()):
+            return None
+        hours, minutes, secs, millis = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs + millis / 1000
+    if not math.isfinite(seconds):
         return None
-    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+    return min(max(0.0, seconds), MAX_RESET_SECONDS)

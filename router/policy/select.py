@@ -38,9 +38,14 @@ class Strategy(enum.Enum):
 _SORT_ALIASES = {"throughput": "least-loaded", "least_loaded": "least-loaded", "weighted-random": "random"}
 
 
+VERIFIED = frozenset({"TeeML", "TeeTLS"})
+TEE_ML_ONLY = frozenset({"TeeML"})
+
+
 @dataclass(frozen=True, slots=True)
 class Preferences:
-    """A request's routing wishes. Provider ids are compared lowercased."""
+    """A request's routing wishes. Provider ids are compared lowercased; an empty ``verifiability``
+    accepts any provider, otherwise only providers whose verifiability is in it."""
 
     order: tuple[str, ...] = ()
     only: frozenset[str] = frozenset()
@@ -49,99 +54,107 @@ class Preferences:
     sort: Strategy | None = None
     max_prompt_price: int | None = None
     max_completion_price: int | None = None
-    verified_only: bool = False
+    verifiability: frozenset[str] = frozenset()
 
 
 NO_PREFERENCES = Preferences()
+_BODY_FIELDS = ("order", "only", "ignore", "allow_fallbacks", "sort", "max_price", "verified_only")
 
 
 def parse_preferences(body_field: object, headers: Mapping[str, str]) -> Preferences:
-    """Preferences from the body's ``provider`` object and the request headers (headers win)."""
-    if body_field is None:
-        raw: dict[str, Any] = {}
-    elif isinstance(body_field, dict):
-        raw = dict(body_field)
-    else:
-        raise InvalidRequest("`provider` must be an object", param="provider")
-    pinned = _apply_headers(raw, headers)
-    if not raw:
+    """Preferences from the body's ``provider`` object and the request headers (headers win).
+
+    Pinning providers with a header turns fallbacks off unless fallbacks are asked for, as on the 0G Router.
+    """
+    values = _from_body(body_field)
+    overrides, pinned = _from_headers(headers)
+    if not values and not overrides:
         return NO_PREFERENCES
-    unknown = set(raw) - _KNOWN_FIELDS
+    values.update(overrides)
+    if pinned and "allow_fallbacks" not in values:
+        values["allow_fallbacks"] = False
+    return Preferences(**values)
+
+
+def _from_body(field: object) -> dict[str, Any]:
+    if field is None:
+        return {}
+    if not isinstance(field, dict):
+        raise InvalidRequest("`provider` must be an object", param="provider")
+    unknown = set(field) - set(_BODY_FIELDS)
     if unknown:
         raise InvalidRequest(
-            f"unknown field(s) in `provider`: {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(_KNOWN_FIELDS))}",
+            f"unknown field(s) in `provider`: {', '.join(sorted(unknown))}; known: {', '.join(_BODY_FIELDS)}",
             param="provider",
         )
-    max_price = raw.get("max_price") or {}
-    if not isinstance(max_price, dict):
-        raise InvalidRequest("`provider.max_price` must be an object", param="provider.max_price")
-    sort = raw.get("sort")
-    if sort is not None and not isinstance(sort, str):
-        raise InvalidRequest("`provider.sort` must be a string", param="provider.sort")
-    return Preferences(
-        order=tuple(_ids(raw.get("order"), "provider.order")),
-        only=frozenset(_ids(raw.get("only"), "provider.only")),
-        ignore=frozenset(_ids(raw.get("ignore"), "provider.ignore")),
-        allow_fallbacks=_flag(raw.get("allow_fallbacks", not pinned), "provider.allow_fallbacks"),
-        sort=Strategy.parse(sort, "provider.sort") if sort else None,
-        max_prompt_price=_price(max_price.get("prompt"), "provider.max_price.prompt"),
-        max_completion_price=_price(max_price.get("completion"), "provider.max_price.completion"),
-        verified_only=_flag(raw.get("verified_only", False), "provider.verified_only"),
-    )
+    values: dict[str, Any] = {}
+    if "order" in field:
+        values["order"] = tuple(_ids(field["order"], "provider.order"))
+    for name in ("only", "ignore"):
+        if name in field:
+            values[name] = frozenset(_ids(field[name], f"provider.{name}"))
+    if "allow_fallbacks" in field:
+        values["allow_fallbacks"] = _flag(field["allow_fallbacks"], "provider.allow_fallbacks")
+    if (sort := field.get("sort")) is not None:
+        if not isinstance(sort, str):
+            raise InvalidRequest("`provider.sort` must be a string", param="provider.sort")
+        values["sort"] = Strategy.parse(sort, "provider.sort")
+    if (max_price := field.get("max_price")) is not None:
+        if not isinstance(max_price, dict):
+            raise InvalidRequest("`provider.max_price` must be an object", param="provider.max_price")
+        unknown = set(max_price) - {"prompt", "completion"}
+        if unknown:
+            raise InvalidRequest(
+                "`provider.max_price` takes `prompt` and `completion` (neuron per token)",
+                param="provider.max_price",
+            )
+        values["max_prompt_price"] = _price(max_price.get("prompt"), "provider.max_price.prompt")
+        values["max_completion_price"] = _price(max_price.get("completion"), "provider.max_price.completion")
+    if "verified_only" in field and _flag(field["verified_only"], "provider.verified_only"):
+        values["verifiability"] = VERIFIED
+    return values
 
 
-_KNOWN_FIELDS = frozenset(
-    {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price", "verified_only"}
-)
+def _from_headers(headers: Mapping[str, str]) -> tuple[dict[str, Any], bool]:
+    """Validated overrides from the routing headers (errors name the header), and whether they pin."""
+    values: dict[str, Any] = {}
 
-
-def _apply_headers(raw: dict[str, Any], headers: Mapping[str, str]) -> bool:
-    """Fold the routing headers into ``raw``; True if a header pinned providers."""
-
-    def get(*names: str) -> str | None:
+    def get(*names: str) -> tuple[str, str] | None:
         for name in names:
             value = headers.get(name)
             if value is not None:
-                return value
+                return name, value
         return None
 
     pinned = False
-    if (sort := get("X-ZG-Sort", "X-0G-Provider-Sort")) is not None:
-        raw["sort"] = sort
-    if (order := get("X-ZG-Provider", "X-0G-Provider-Address")) is not None:
-        raw["order"] = _split(order)
-        # As with the 0G Router, pinning a provider turns fallbacks off unless asked for.
+    if found := get("X-ZG-Sort", "X-0G-Provider-Sort"):
+        values["sort"] = Strategy.parse(found[1], found[0])
+    if found := get("X-ZG-Provider", "X-0G-Provider-Address"):
+        values["order"] = tuple(_split(found[1]))
         pinned = True
-    if (only := get("X-ZG-Only")) is not None:
-        raw["only"] = _split(only)
-    if (ignore := get("X-ZG-Ignore")) is not None:
-        raw["ignore"] = _split(ignore)
-    if (fallbacks := get("X-ZG-Allow-Fallbacks", "X-0G-Provider-Allow-Fallbacks")) is not None:
-        raw["allow_fallbacks"] = _header_flag(fallbacks, "X-ZG-Allow-Fallbacks")
-    prompt = get("X-ZG-Max-Price-Prompt")
-    completion = get("X-ZG-Max-Price-Completion")
-    if prompt is not None or completion is not None:
-        raw["max_price"] = {**(raw.get("max_price") or {})}
-        if prompt is not None:
-            raw["max_price"]["prompt"] = _header_int(prompt, "X-ZG-Max-Price-Prompt")
-        if completion is not None:
-            raw["max_price"]["completion"] = _header_int(completion, "X-ZG-Max-Price-Completion")
-    if (verified := get("X-ZG-Verified-Only")) is not None:
-        raw["verified_only"] = _header_flag(verified, "X-ZG-Verified-Only")
-    if (trust := get("X-0G-Provider-Trust-Mode")) is not None:
-        mode = trust.strip().lower()
-        if mode not in ("standard", "verified", "private"):
-            raise InvalidRequest(
-                "X-0G-Provider-Trust-Mode must be standard, verified or private",
-                param="X-0G-Provider-Trust-Mode",
-            )
-        raw["verified_only"] = mode != "standard"
-    return pinned
+    if found := get("X-ZG-Only"):
+        values["only"] = frozenset(_split(found[1]))
+    if found := get("X-ZG-Ignore"):
+        values["ignore"] = frozenset(_split(found[1]))
+    if found := get("X-ZG-Allow-Fallbacks", "X-0G-Provider-Allow-Fallbacks"):
+        values["allow_fallbacks"] = _header_flag(*reversed(found))
+    if found := get("X-ZG-Max-Price-Prompt"):
+        values["max_prompt_price"] = _header_price(*reversed(found))
+    if found := get("X-ZG-Max-Price-Completion"):
+        values["max_completion_price"] = _header_price(*reversed(found))
+    if found := get("X-ZG-Verified-Only"):
+        values["verifiability"] = VERIFIED if _header_flag(*reversed(found)) else frozenset()
+    if found := get("X-0G-Provider-Trust-Mode"):
+        modes = {"standard": frozenset(), "verified": VERIFIED, "private": TEE_ML_ONLY}
+        mode = found[1].strip().lower()
+        if mode not in modes:
+            raise InvalidRequest(f"{found[0]} must be standard, verified or private", param=found[0])
+        values["verifiability"] = modes[mode]
+    return values, pinned
 
 
 def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+    return [part.strip().lower() for part in value.split(",") if part.strip()]
 
 
 def _ids(value: object, param: str) -> list[str]:
@@ -167,11 +180,14 @@ def _header_flag(value: str, name: str) -> bool:
     raise InvalidRequest(f"header {name} must be true or false", param=name)
 
 
-def _header_int(value: str, name: str) -> int:
+def _header_price(value: str, name: str) -> int:
     try:
-        return int(value)
+        price = int(value)
     except ValueError:
-        raise InvalidRequest(f"header {name} must be an integer (neuron per token)", param=name) from None
+        price = -1
+    if price < 0:
+        raise InvalidRequest(f"header {name} must be a non-negative integer (neuron per token)", param=name)
+    return price
 
 
 def _price(value: object, param: str) -> int | None:
@@ -198,7 +214,7 @@ def eligible(candidates: Sequence[ProviderState], prefs: Preferences) -> list[Pr
             continue
         if prefs.max_completion_price is not None and info.output_price > prefs.max_completion_price:
             continue
-        if prefs.verified_only and not info.verifiable:
+        if prefs.verifiability and info.verifiability not in prefs.verifiability:
             continue
         out.append(state)
     return out

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import aiohttp
 
-from router.errors import ProviderUnreachable
+from router.errors import ConfigError, ProviderUnreachable
 from router.pool.providers import ProviderInfo, ProviderKind
 from router.transport.guard import GuardedResolver
 from router.transport.sse import SSEFramer
@@ -33,6 +33,12 @@ class TransportOptions:
     stream_idle_timeout: float = 60.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     allow_private_targets: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.connect_timeout, self.stream_idle_timeout) <= 0:
+            raise ConfigError("connect_timeout and stream_idle_timeout must be positive")
+        if self.max_response_bytes < 1024:
+            raise ConfigError("max_response_bytes must be at least 1024")
 
 
 class Upstream:

@@ -1,0 +1,242 @@
+"""Benchmark: the same load straight to the simulated providers, then through the zg-router gateway.
+
+    .venv/bin/python bench/bench.py [--quick] [--json]
+
+Starts a devnet with fast providers (no latency, limits out of the way) in this process, and the gateway
+as a separate ``zg-router serve`` process pinned to one core, so that its CPU time per request can be read
+from /proc. This process (devnet + load generator) runs on the other core. Every load loop is bounded.
+
+Reported:
+- throughput at concurrency 32 (closed loop), direct and routed;
+- added latency p50/p99 at a fixed 100 req/s (open loop): routed minus direct percentiles;
+- added time to first token for streams at 20 req/s;
+- gateway CPU per routed request (user + system time over the throughput run) and its RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from router.chain.session import SessionTokens
+from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
+from router.devnet.simulator.limits import RateLimits
+
+MODEL = "bench-model"
+API_KEY = "sk-bench-0123456789abcdef"
+PROVIDERS = 3
+# Limits far above the load: the benchmark measures the hop, not the providers' throttling.
+UNLIMITED = RateLimits(requests_per_minute=10_000_000, burst=100_000, max_concurrent=100_000)
+BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello, how are you?"}]}).encode()
+STREAM_BODY = json.dumps(
+    {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hello, how are you?"}]}
+).encode()
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Target:
+    """Where requests go: a URL and the headers it needs."""
+
+    url: str
+    headers: Callable[[], Awaitable[dict[str, str]]]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def one(http: aiohttp.ClientSession, target: Target, body: bytes) -> float:
+    started = time.perf_counter()
+    async with http.post(target.url, data=body, headers=await target.headers()) as response:
+        await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{target.url} answered {response.status}")
+    return time.perf_counter() - started
+
+
+async def closed_loop(http: aiohttp.ClientSession, target: Target, concurrency: int, total: int) -> float:
+    """Requests per second with ``concurrency`` workers sending ``total`` requests in all."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await one(http, target, BODY)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - started)
+
+
+async def open_loop(http: aiohttp.ClientSession, target: Target, rate: float, total: int) -> list[float]:
+    """Latencies of ``total`` requests started at a fixed ``rate`` per second, whatever the replies do."""
+    start = time.perf_counter()
+
+    async def scheduled(index: int) -> float:
+        await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+        return await one(http, target, BODY)
+
+    return list(await asyncio.gather(*(scheduled(i) for i in range(total))))
+
+
+async def ttfts(http: aiohttp.ClientSession, target: Target, rate: float, total: int) -> list[float]:
+    """Time to the first SSE event for ``total`` streams started at ``rate`` per second."""
+    start = time.perf_counter()
+
+    async def scheduled(index: int) -> float:
+        await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+        sent = time.perf_counter()
+        async with http.post(target.url, data=STREAM_BODY, headers=await target.headers()) as response:
+            first = await response.content.readline()
+            ttft = time.perf_counter() - sent
+            await response.read()
+        if not first.startswith(b"data: "):
+            raise RuntimeError("stream did not start with an event")
+        return ttft
+
+    return list(await asyncio.gather(*(scheduled(i) for i in range(total))))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_gateway(devnet: Devnet, config_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    config = config_dir / "bench.toml"
+    config.write_text("[transport]\nallow_private_targets = true\n")
+    env = {
+        **os.environ,
+        "ZG_ROUTER_NETWORK": "devnet",
+        "ZG_ROUTER_RPC_URLS": devnet.rpc_url,
+        "ZG_ROUTER_PRIVATE_KEY": dev_private_key(USER_KEY_INDEX),
+        "ZG_ROUTER_API_KEYS": API_KEY,
+        "ZG_ROUTER_PORT": str(port),
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("zg-router")),
+        "serve",
+        "--config",
+        str(config),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(process.pid, {1})
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return process, url
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise RuntimeError("the gateway did not become ready in 15 s")
+
+
+async def run(quick: bool) -> dict[str, float]:
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {0})
+    scale = 0.2 if quick else 1.0
+    spec = ProviderSpec(model=MODEL, limits=UNLIMITED, max_global_concurrent=100_000)
+    config = DevnetConfig(providers=(spec,) * PROVIDERS, settle_interval=None)
+    results: dict[str, float] = {}
+    async with Devnet(config) as devnet:
+        tokens = SessionTokens(devnet.user)
+        provider = devnet.providers[0]
+
+        async def direct_headers() -> dict[str, str]:
+            auth = await tokens.authorization(provider.address)
+            return {"Authorization": auth, "Content-Type": "application/json"}
+
+        async def routed_headers() -> dict[str, str]:
+            return {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+
+        direct = Target(provider.url + "/v1/proxy/chat/completions", direct_headers)
+        with tempfile.TemporaryDirectory() as tmp:
+            process, gateway = await start_gateway(devnet, Path(tmp))
+            routed = Target(gateway + "/v1/chat/completions", routed_headers)
+            try:
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                    for target in (direct, routed):  # warm up connections, tokens, caches
+                        await closed_loop(http, target, 32, 500)
+                    total = int(5000 * scale)
+                    results["direct_rps_c32"] = await closed_loop(http, direct, 32, total)
+                    cpu_before = cpu_seconds(process.pid)
+                    results["routed_rps_c32"] = await closed_loop(http, routed, 32, total)
+                    results["gateway_cpu_ms_per_request"] = (cpu_seconds(process.pid) - cpu_before) * 1000 / total
+
+                    count = int(1000 * scale)
+                    direct_lat = await open_loop(http, direct, 100, count)
+                    cpu_before = cpu_seconds(process.pid)
+                    routed_lat = await open_loop(http, routed, 100, count)
+                    results["gateway_cpu_ms_per_request_100rps"] = (
+                        (cpu_seconds(process.pid) - cpu_before) * 1000 / count
+                    )
+                    for name, q in (("p50", 0.5), ("p99", 0.99)):
+                        results[f"direct_{name}_ms"] = percentile(direct_lat, q) * 1000
+                        results[f"routed_{name}_ms"] = percentile(routed_lat, q) * 1000
+                        results[f"added_{name}_ms"] = results[f"routed_{name}_ms"] - results[f"direct_{name}_ms"]
+
+                    streams = int(400 * scale)
+                    direct_ttft = await ttfts(http, direct, 20, streams)
+                    routed_ttft = await ttfts(http, routed, 20, streams)
+                    results["direct_ttft_p50_ms"] = statistics.median(direct_ttft) * 1000
+                    results["routed_ttft_p50_ms"] = statistics.median(routed_ttft) * 1000
+                    results["added_ttft_p50_ms"] = results["routed_ttft_p50_ms"] - results["direct_ttft_p50_ms"]
+                    results["gateway_rss_mb"] = rss_mb(process.pid)
+            finally:
+                process.terminate()
+                await process.wait()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fifth of the requests (a smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = parser.parse_args()
+    results = asyncio.run(run(args.quick))
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+        return
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:10.3f}")
+
+
+if __name__ == "__main__":
+    main()
