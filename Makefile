@@ -1,4 +1,4 @@
-# `make test` and `make demo` each set everything up on a fresh machine first (venv, pip, npm ci).
+# `make test` and `make demo` each set everything up on a fresh machine first (venv, pip, npm install).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,7 +28,7 @@ test: lint
 	$(BIN)/pytest
 
 demo: setup
-	$(BIN)/zg-router devnet
+	$(BIN)/zg-router devnet --serve --gateway-port 8080
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,1 +1,109 @@
-"""zg-router: one fast, reliable OpenAI-compatible endpoint over the 0G Compute Network."""
+"""zg-router: one fast, reliable OpenAI-compatible endpoint over the 0G Compute Network.
+
+    from router import Router, RouterConfig, network_by_name
+
+    config = RouterConfig(network=network_by_name("testnet"), private_key=key)
+    async with Router(config) as router:
+        reply = await router.chat(model="...", messages=[{"role": "user", "content": "hi"}])
+
+These names are the public API; the subpackages are internal. Names load on first use, so that importing
+``router`` (say, for ``zg-router --help``) does not pull in web3 or aiohttp, and reads nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "AllAttemptsFailed": "router.errors",
+    "ChainError": "router.errors",
+    "ConfigError": "router.errors",
+    "DiscoveryOptions": "router.config",
+    "DispatchOptions": "router.config",
+    "Gateway": "router.server.app",
+    "GatewayConfig": "router.config",
+    "HealthPolicy": "router.pool.health",
+    "InvalidRequest": "router.errors",
+    "Network": "router.chain.networks",
+    "NoProviderAvailable": "router.errors",
+    "RequestFailed": "router.errors",
+    "Router": "router.client",
+    "RouterConfig": "router.config",
+    "RouterError": "router.errors",
+    "Saturated": "router.errors",
+    "StaticUpstream": "router.config",
+    "Strategy": "router.policy.select",
+    "TransportOptions": "router.transport.http",
+    "Unauthorized": "router.errors",
+    "UpstreamRejected": "router.errors",
+    "load_config": "router.config",
+    "network_by_name": "router.chain.networks",
+}
+
+__all__ = [
+    "AllAttemptsFailed",
+    "ChainError",
+    "ConfigError",
+    "DiscoveryOptions",
+    "DispatchOptions",
+    "Gateway",
+    "GatewayConfig",
+    "HealthPolicy",
+    "InvalidRequest",
+    "Network",
+    "NoProviderAvailable",
+    "RequestFailed",
+    "Router",
+    "RouterConfig",
+    "RouterError",
+    "Saturated",
+    "StaticUpstream",
+    "Strategy",
+    "TransportOptions",
+    "Unauthorized",
+    "UpstreamRejected",
+    "load_config",
+    "network_by_name",
+]
+
+if TYPE_CHECKING:
+    from router.chain.networks import Network, network_by_name
+    from router.client import Router
+    from router.config import (
+        DiscoveryOptions,
+        DispatchOptions,
+        GatewayConfig,
+        RouterConfig,
+        StaticUpstream,
+        load_config,
+    )
+    from router.errors import (
+        AllAttemptsFailed,
+        ChainError,
+        ConfigError,
+        InvalidRequest,
+        NoProviderAvailable,
+        RequestFailed,
+        RouterError,
+        Saturated,
+        Unauthorized,
+        UpstreamRejected,
+    )
+    from router.policy.select import Strategy
+    from router.pool.health import HealthPolicy
+    from router.server.app import Gateway
+    from router.transport.http import TransportOptions
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'router' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -85,7 +85,7 @@ def _int(value: object, default: int) -> int:
     """A positive integer from JSON (numbers or decimal strings); ``default`` for anything else or 0."""
     try:
         number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
     return number if number > 0 else default
 

@@ -22,12 +22,17 @@ from router.observability.events import (
 
 
 def configure_logging(level: str = "info", *, json: bool = False) -> None:
-    """Log to stderr at ``level``: JSON lines with ``json``, else readable key=value lines."""
+    """Log to stderr at ``level``: JSON lines with ``json``, else logfmt lines (key=value).
+
+    Both renderers are cheap enough for a line per request; structlog's console renderer is not.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
     )
     structlog.configure(
         processors=[

@@ -102,8 +102,10 @@ class Admission:
         except BaseException as exc:
             future = waiter.future
             if future.done() and not future.cancelled():
-                # The pump handed us a slot just as we gave up: give it back.
-                self.release(future.result())
+                # The pump handed us a slot (and maybe a half-open probe) just as we gave up: give both back.
+                state = future.result()
+                state.health.abandon()
+                self.release(state)
             if isinstance(exc, TimeoutError):
                 retry = _retry_after(candidates, self.now())
                 raise Saturated(

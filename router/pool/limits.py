@@ -6,6 +6,7 @@ pair, which is what the provider's broker counts (protocol.md §4.7).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -27,8 +28,19 @@ class ProviderLimits:
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
 
     def __post_init__(self) -> None:
-        if self.requests_per_minute <= 0 or self.burst < 1 or self.max_concurrent < 1:
-            raise ConfigError("provider limits must be positive (rpm > 0, burst >= 1, max_concurrent >= 1)")
+        # Written so that NaN fails too (TOML allows nan and inf).
+        if not (
+            math.isfinite(self.requests_per_minute)
+            and self.requests_per_minute > 0
+            and isinstance(self.burst, int)
+            and self.burst >= 1
+            and isinstance(self.max_concurrent, int)
+            and self.max_concurrent >= 1
+        ):
+            raise ConfigError(
+                "provider limits must be finite and positive "
+                "(rpm > 0, integer burst >= 1 and max_concurrent >= 1)"
+            )
 
 
 class Gate:
