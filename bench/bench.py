@@ -6,11 +6,16 @@ Starts a devnet with fast providers (no latency, limits out of the way) in this 
 as a separate ``zg-router serve`` process pinned to one core, so that its CPU time per request can be read
 from /proc. This process (devnet + load generator) runs on the other core. Every load loop is bounded.
 
-Reported:
-- throughput at concurrency 32 (closed loop), direct and routed;
-- added latency p50/p99 at a fixed 100 req/s (open loop): routed minus direct percentiles;
-- added time to first token for streams at 20 req/s;
-- gateway CPU per routed request (user + system time over the throughput run) and its RSS.
+A third target is ``bare_hop.py``, the least an aiohttp proxy can do (read, forward, write back), run the
+same way on the same core: the gateway's figures are best read against it, since absolute CPU times
+depend on the machine.
+
+Reported, for direct / bare hop / gateway where it applies:
+- throughput at concurrency 32 (closed loop);
+- latency p50/p99 at a fixed 100 req/s (open loop), and what each hop adds to the direct figures;
+- time to first event for streams at 20 req/s (gateway vs direct);
+- CPU per request of the hop process (user + system time from /proc) at c32 and at 100 req/s, and the
+  gateway's RSS at the end.
 """
 
 from __future__ import annotations
@@ -130,6 +135,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    env = {**os.environ, "UPSTREAM": upstream, "AUTHORIZATION": authorization, "PORT": str(port)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("bare_hop.py")), env=env
+    )
+    return process, await wait_listening(process, f"http://127.0.0.1:{port}", "/v1/chat/completions")
+
+
+async def wait_listening(process: asyncio.subprocess.Process, url: str, path: str) -> str:
+    """``url`` once something answers on ``path`` (any status), pinned to the second core if there is one."""
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(process.pid, {1})
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url + path) as response:
+                    if path != "/readyz" or response.status == 200:
+                        return url
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{url} did not come up in 15 s")
+
+
 async def start_gateway(devnet: Devnet, config_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     config = config_dir / "bench.toml"
@@ -151,20 +182,28 @@ async def start_gateway(devnet: Devnet, config_dir: Path) -> tuple[asyncio.subpr
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    if len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(process.pid, {1})
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url + "/readyz") as response:
-                    if response.status == 200:
-                        return process, url
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the gateway did not become ready in 15 s")
+    return process, await wait_listening(process, f"http://127.0.0.1:{port}", "/readyz")
+
+
+async def hop_figures(
+    http: aiohttp.ClientSession, target: Target, pid: int | None, name: str, scale: float
+) -> dict[str, float]:
+    """Throughput at c32 and latencies at 100 req/s for one target; CPU per request if ``pid`` is a hop."""
+    figures: dict[str, float] = {}
+    await closed_loop(http, target, 32, 500)  # warm up connections, tokens, caches
+    total = int(5000 * scale)
+    cpu = cpu_seconds(pid) if pid else 0.0
+    figures[f"{name}_rps_c32"] = await closed_loop(http, target, 32, total)
+    if pid:
+        figures[f"{name}_cpu_ms_per_request_c32"] = (cpu_seconds(pid) - cpu) * 1000 / total
+    count = int(1000 * scale)
+    cpu = cpu_seconds(pid) if pid else 0.0
+    latencies = await open_loop(http, target, 100, count)
+    if pid:
+        figures[f"{name}_cpu_ms_per_request_100rps"] = (cpu_seconds(pid) - cpu) * 1000 / count
+    figures[f"{name}_p50_ms"] = percentile(latencies, 0.5) * 1000
+    figures[f"{name}_p99_ms"] = percentile(latencies, 0.99) * 1000
+    return figures
 
 
 async def run(quick: bool) -> dict[str, float]:
@@ -177,50 +216,44 @@ async def run(quick: bool) -> dict[str, float]:
     async with Devnet(config) as devnet:
         tokens = SessionTokens(devnet.user)
         provider = devnet.providers[0]
+        authorization = await tokens.authorization(provider.address)
 
         async def direct_headers() -> dict[str, str]:
-            auth = await tokens.authorization(provider.address)
-            return {"Authorization": auth, "Content-Type": "application/json"}
+            return {"Authorization": authorization, "Content-Type": "application/json"}
 
-        async def routed_headers() -> dict[str, str]:
+        async def gateway_headers() -> dict[str, str]:
             return {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
-        direct = Target(provider.url + "/v1/proxy/chat/completions", direct_headers)
+        upstream = provider.url + "/v1/proxy/chat/completions"
+        direct = Target(upstream, direct_headers)
         with tempfile.TemporaryDirectory() as tmp:
-            process, gateway = await start_gateway(devnet, Path(tmp))
-            routed = Target(gateway + "/v1/chat/completions", routed_headers)
+            bare_process, bare_url = await start_bare_hop(upstream, authorization)
+            process, gateway_url = await start_gateway(devnet, Path(tmp))
+            bare = Target(bare_url + "/v1/chat/completions", direct_headers)
+            routed = Target(gateway_url + "/v1/chat/completions", gateway_headers)
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-                    for target in (direct, routed):  # warm up connections, tokens, caches
-                        await closed_loop(http, target, 32, 500)
-                    total = int(5000 * scale)
-                    results["direct_rps_c32"] = await closed_loop(http, direct, 32, total)
-                    cpu_before = cpu_seconds(process.pid)
-                    results["routed_rps_c32"] = await closed_loop(http, routed, 32, total)
-                    results["gateway_cpu_ms_per_request"] = (cpu_seconds(process.pid) - cpu_before) * 1000 / total
-
-                    count = int(1000 * scale)
-                    direct_lat = await open_loop(http, direct, 100, count)
-                    cpu_before = cpu_seconds(process.pid)
-                    routed_lat = await open_loop(http, routed, 100, count)
-                    results["gateway_cpu_ms_per_request_100rps"] = (
-                        (cpu_seconds(process.pid) - cpu_before) * 1000 / count
-                    )
-                    for name, q in (("p50", 0.5), ("p99", 0.99)):
-                        results[f"direct_{name}_ms"] = percentile(direct_lat, q) * 1000
-                        results[f"routed_{name}_ms"] = percentile(routed_lat, q) * 1000
-                        results[f"added_{name}_ms"] = results[f"routed_{name}_ms"] - results[f"direct_{name}_ms"]
-
+                    results |= await hop_figures(http, direct, None, "direct", scale)
+                    results |= await hop_figures(http, bare, bare_process.pid, "bare_hop", scale)
+                    results |= await hop_figures(http, routed, process.pid, "gateway", scale)
+                    for hop in ("bare_hop", "gateway"):
+                        for q in ("p50", "p99"):
+                            results[f"{hop}_added_{q}_ms"] = (
+                                results[f"{hop}_{q}_ms"] - results[f"direct_{q}_ms"]
+                            )
                     streams = int(400 * scale)
                     direct_ttft = await ttfts(http, direct, 20, streams)
                     routed_ttft = await ttfts(http, routed, 20, streams)
                     results["direct_ttft_p50_ms"] = statistics.median(direct_ttft) * 1000
-                    results["routed_ttft_p50_ms"] = statistics.median(routed_ttft) * 1000
-                    results["added_ttft_p50_ms"] = results["routed_ttft_p50_ms"] - results["direct_ttft_p50_ms"]
+                    results["gateway_ttft_p50_ms"] = statistics.median(routed_ttft) * 1000
+                    results["gateway_added_ttft_p50_ms"] = (
+                        results["gateway_ttft_p50_ms"] - results["direct_ttft_p50_ms"]
+                    )
                     results["gateway_rss_mb"] = rss_mb(process.pid)
             finally:
-                process.terminate()
-                await process.wait()
+                for hop_process in (process, bare_process):
+                    hop_process.terminate()
+                    await hop_process.wait()
     return results
 
 

@@ -231,7 +231,7 @@ class Router:
 def _decoded(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise AllAttemptsFailed("the provider's reply is not JSON") from None
     if not isinstance(value, dict):
         raise AllAttemptsFailed("the provider's reply is not a JSON object")

@@ -504,14 +504,14 @@ def _cost(info: ProviderInfo, endpoint: Endpoint, body: bytes) -> int | None:
     if endpoint is Endpoint.IMAGES:
         try:
             data = json.loads(body).get("data")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return None
         return len(data) * info.output_price if isinstance(data, list) else None
     if b'"usage"' not in body:
         return None
     try:
         usage = json.loads(body).get("usage")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return _usage_cost(info, usage if isinstance(usage, dict) else None)
 

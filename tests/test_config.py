@@ -430,7 +430,9 @@ class TestErrors:
                 id="service-type",
             ),
             pytest.param(
-                UPSTREAM + "limits = { burst = 0 }\n", "provider limits must be finite and positive", id="limits"
+                UPSTREAM + "limits = { burst = 0 }\n",
+                "provider limits must be finite and positive",
+                id="limits",
             ),
             pytest.param(
                 UPSTREAM + "[gateway]\nport = 70000\nallow_anonymous = true\n",

@@ -79,7 +79,7 @@ def error_message(body: bytes) -> str:
     """The error text of a provider body: ``{"error": "..."}``, ``{"error": {"message": ...}}`` or raw."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:500].decode("utf-8", "replace")
     if isinstance(data, dict):
         error = data.get("error", data.get("message"))

@@ -96,8 +96,7 @@ def _guarded(
     """Request id, gateway API key, and errors rendered the OpenAI way, around ``handler``."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        given = request.headers.get("X-Request-Id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = _request_id(request)
         try:
             if keys:
                 _check_key(request.headers.get("Authorization"), keys)
@@ -235,13 +234,25 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _not_found(request: web.Request) -> web.Response:
+    headers = {"x-request-id": _request_id(request)}
     if request.path in _OUR_PATHS:
         return error_json(
             405,
             f"{request.method} is not allowed on {request.path}",
             "invalid_request_error",
             code="method_not_allowed",
+            headers=headers,
         )
     return error_json(
-        404, f"no route {request.method} {request.path}", "invalid_request_error", code="not_found"
+        404,
+        f"no route {request.method} {request.path}",
+        "invalid_request_error",
+        code="not_found",
+        headers=headers,
     )
+
+
+def _request_id(request: web.Request) -> str:
+    """The client's ``X-Request-Id`` if it is sane (short, no odd characters), else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex

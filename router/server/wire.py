@@ -42,6 +42,8 @@ def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, st
         payload = json.loads(body)
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object")
     model = payload.get("model")

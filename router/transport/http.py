@@ -44,7 +44,7 @@ class TransportOptions:
 class Upstream:
     """A provider's reply whose headers have arrived. Close it (or read it to the end) exactly once."""
 
-    __slots__ = ("_framer", "_idle_timeout", "_max_bytes", "_provider", "_response")
+    __slots__ = ("_at_end", "_framer", "_idle_timeout", "_max_bytes", "_provider", "_response")
 
     def __init__(
         self, provider: str, response: aiohttp.ClientResponse, idle_timeout: float, max_bytes: int
@@ -54,6 +54,7 @@ class Upstream:
         self._idle_timeout = idle_timeout
         self._max_bytes = max_bytes
         self._framer = SSEFramer()
+        self._at_end = False
 
     @property
     def status(self) -> int:
@@ -91,13 +92,17 @@ class Upstream:
             if not chunk:
                 if self._framer.pending.strip():
                     raise ProviderUnreachable(self._provider, "stream ended in the middle of an event")
+                self._at_end = True
                 return
             for event in self._framer.feed(chunk):
                 yield event
 
     def close(self) -> None:
-        """Drop the connection (mid-stream) or hand it back to the pool (after a full read)."""
-        self._response.close()
+        """Hand the connection back to the pool after a complete stream; drop it mid-stream."""
+        if self._at_end:
+            self._response.release()
+        else:
+            self._response.close()
 
 
 class HttpTransport:
@@ -175,7 +180,7 @@ class HttpTransport:
                 body = await response.read()
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProviderUnreachable(provider, f"{url} did not answer JSON") from None
 
 

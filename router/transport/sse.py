@@ -60,7 +60,7 @@ def usage_of(event: bytes) -> dict[str, Any] | None:
             continue
         try:
             chunk = json.loads(line[5:])
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         usage = chunk.get("usage") if isinstance(chunk, dict) else None
         if isinstance(usage, dict) and usage:

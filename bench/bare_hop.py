@@ -1,0 +1,44 @@
+"""The reference hop for the benchmark: the least a Python proxy can do, on the same aiohttp stack.
+
+One handler that reads the body and forwards it to one provider with a fixed session token, nothing else:
+no routing, limits, failover or logging. The benchmark runs it beside the gateway, so that the gateway's
+cost can be read against what any aiohttp proxy costs on the same machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from aiohttp import ClientSession, TCPConnector, web
+
+
+async def main() -> None:
+    upstream, authorization, port = (
+        os.environ["UPSTREAM"],
+        os.environ["AUTHORIZATION"],
+        int(os.environ["PORT"]),
+    )
+    headers = {"Authorization": authorization, "Content-Type": "application/json"}
+    async with ClientSession(connector=TCPConnector(limit=0)) as session:
+
+        async def forward(request: web.Request) -> web.Response:
+            body = await request.read()
+            async with session.post(upstream, data=body, headers=headers) as reply:
+                return web.Response(
+                    body=await reply.read(), status=reply.status, content_type="application/json"
+                )
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
