@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -20,8 +20,8 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check router tests
-	$(BIN)/ruff format --check router tests
+	$(BIN)/ruff check router tests bench
+	$(BIN)/ruff format --check router tests bench
 	$(BIN)/mypy
 
 test: lint
@@ -29,6 +29,9 @@ test: lint
 
 demo: setup
 	$(BIN)/zg-router devnet --serve --gateway-port 8080
+
+bench: setup
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -68,6 +68,10 @@ class Upstream:
         """The whole body (at most ``max_response_bytes``); closes the response."""
         try:
             with _mapped(self._provider):
+                length = self._response.content_length
+                if length is not None and length <= self._max_bytes:
+                    # The common case: a declared, acceptable length is read in one go.
+                    return await self._response.read()
                 parts = []
                 size = 0
                 async for chunk in self._response.content.iter_chunked(_READ_CHUNK):

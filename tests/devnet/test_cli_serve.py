@@ -1,0 +1,110 @@
+"""``zg-router devnet --serve`` and ``zg-router serve`` as a user runs them: processes and the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import openai
+
+from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
+from router.devnet.node_tools import NodeModules
+from tests.devnet.test_cli import read_until, stop, zg_router
+from tests.support import assert_port_refuses
+
+API_KEY = "sk-cli-test-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _chat(base_url: str, api_key: str, model: str) -> str:
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as client:
+        reply = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]
+        )
+    content = reply.choices[0].message.content
+    assert content
+    return content
+
+
+async def test_devnet_serve_json_line_gives_a_working_gateway(node_modules: NodeModules) -> None:
+    """The JSON line carries the gateway's URL and key, which the openai SDK uses as is; Ctrl-C stops all."""
+    async with zg_router(node_modules, "devnet", "--serve", "--json", "--providers", "2") as process:
+        assert process.stdout is not None
+        summary = json.loads(await read_until(process.stdout, b'"gateway"'))
+        gateway = summary["gateway"]
+        assert gateway["url"].startswith("http://127.0.0.1:")
+        assert gateway["api_key"].startswith("sk-devnet-")
+        assert await _chat(gateway["url"], gateway["api_key"], summary["providers"][0]["model"])
+        await stop(process, group=True)
+        assert process.returncode == 0
+    await assert_port_refuses(gateway["url"])
+
+
+async def test_devnet_serve_prints_a_curl_line_and_snippet_that_work(node_modules: NodeModules) -> None:
+    """The readable output (what ``make demo`` shows) has a curl command and an openai snippet for the
+    gateway's port and key."""
+    port = _free_port()
+    args = ("devnet", "--serve", "--providers", "1", "--gateway-port", str(port), "--api-key", API_KEY)
+    async with zg_router(node_modules, *args) as process:
+        assert process.stdout is not None
+        text = (await read_until(process.stdout, b"print(reply")).decode()
+        url = f"http://127.0.0.1:{port}/v1"
+        assert f"curl -s {url}/chat/completions" in text
+        assert f'OpenAI(base_url="{url}", api_key="{API_KEY}")' in text
+        curl = text[text.index("curl -s") : text.index("}'", text.index("curl -s")) + 2].replace("\\\n", " ")
+        shell = await asyncio.create_subprocess_shell(curl, stdout=asyncio.subprocess.PIPE)
+        out, _ = await shell.communicate()
+        assert json.loads(out)["choices"][0]["message"]["content"]
+        await stop(process, group=True)
+
+
+async def test_serve_reads_env_and_toml_and_never_logs_the_key(devnet: Devnet, tmp_path: Path) -> None:
+    """``zg-router serve`` on the devnet: config from a TOML file and the environment, answers the SDK,
+    logs a line per request, and its logs hold neither the wallet key nor the API key."""
+    port = _free_port()
+    key_file = tmp_path / "wallet.key"
+    key_file.write_text(dev_private_key(USER_KEY_INDEX) + "\n")
+    config = tmp_path / "zg-router.toml"
+    config.write_text(
+        f'network = "devnet"\nrpc_urls = ["{devnet.rpc_url}"]\n\n'
+        "[transport]\nallow_private_targets = true\n\n[gateway]\nshutdown_timeout = 1.0\n"
+    )
+    env = {
+        **os.environ,
+        "ZG_ROUTER_PRIVATE_KEY_FILE": str(key_file),
+        "ZG_ROUTER_API_KEYS": API_KEY,
+        "ZG_ROUTER_PORT": str(port),
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("zg-router")),
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stderr is not None
+        await read_until(process.stderr, b"gateway listening")
+        url = f"http://127.0.0.1:{port}/v1"
+        assert await _chat(url, API_KEY, devnet.providers[0].spec.model)
+        logs = await stop(process, group=False)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert b"event=request" in logs
+    secret = dev_private_key(USER_KEY_INDEX)
+    for forbidden in (secret, secret.removeprefix("0x"), API_KEY, "app-sk-"):
+        assert forbidden.encode() not in logs
