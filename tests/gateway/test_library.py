@@ -13,8 +13,8 @@ from router.devnet.simulator import synth
 from router.errors import InvalidRequest, NoProviderAvailable, RequestFailed, UpstreamRejected
 from router.observability.events import Event, RequestFinished
 from tests.gateway.conftest import CHAT_MODEL, CHAT_PROVIDERS, GATEWAY_PROVIDERS, Served, ServeFactory
+from tests.gateway.support import TIMEOUT
 
-TIMEOUT = 30.0
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "hello from the library"}]
 
 

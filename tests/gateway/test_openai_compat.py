@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from typing import Any
 
 import openai
@@ -21,8 +20,8 @@ from tests.gateway.conftest import (
     Served,
     ServeFactory,
 )
+from tests.gateway.support import HEX_ID, TIMEOUT, WAV
 
-TIMEOUT = 30.0
 MESSAGES: list[Any] = [{"role": "user", "content": "tell me about the network"}]
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -32,8 +31,6 @@ WEATHER_TOOL: Any = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     },
 }
-WAV = b"RIFF" + b"\x00" * 2996  # 3,000 bytes: the simulator says one word per 1,000 bytes
-HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def chat_addresses(served: Served) -> set[str]:

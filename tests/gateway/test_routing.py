@@ -17,8 +17,8 @@ from tests.gateway.conftest import (
     Served,
     ServeFactory,
 )
+from tests.gateway.support import TIMEOUT
 
-TIMEOUT = 30.0
 MESSAGES: list[Any] = [{"role": "user", "content": "route me"}]
 ROUNDS = 10
 # Where fallbacks are allowed, stay under the router's own bucket for a provider (burst - 1 = 9 tokens):
