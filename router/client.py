@@ -195,7 +195,9 @@ class Router:
                         continue
                     chunk = _decoded(line[5:])
                     if "error" in chunk:
-                        raise AllAttemptsFailed(str(chunk["error"].get("message")), attempts=reply.attempts)
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise AllAttemptsFailed(str(message), attempts=reply.attempts)
                     yield chunk
         finally:
             await reply.aclose()
