@@ -112,7 +112,6 @@ class Discovery:
         self._warm = warm
         self._emit = emit
         self._next_block = 0
-        self.refreshes = 0
 
     async def refresh(self) -> None:
         """Replace the pool's chain providers with what the registry says now."""
@@ -134,7 +133,6 @@ class Discovery:
         infos = [provider_info(service, base, doc) for (service, base), doc in zip(usable, docs, strict=True)]
         self._pool.replace(ProviderKind.CHAIN, infos)
         self._next_block = latest + 1
-        self.refreshes += 1
         self._emit(PoolRefreshed(len(infos), skipped))
         # Mint session tokens now, so that no request waits for a chain read to get one.
         results = await asyncio.gather(*(self._warm(info.id) for info in infos), return_exceptions=True)

@@ -12,20 +12,13 @@ def model_catalog(pool: Pool, now: float) -> list[dict[str, Any]]:
 
     Prices are neuron per token (strings: they exceed JSON's safe integers on some providers).
     """
-    by_model: dict[str, list[ProviderState]] = {}
-    names: dict[str, str] = {}
-    for state in pool:
-        for model in state.info.models:
-            by_model.setdefault(model.lower(), []).append(state)
-            names.setdefault(model.lower(), model)
     catalog = []
-    for key in sorted(by_model):
-        providers = by_model[key]
+    for model, providers in pool.by_model().items():
         prompt = [s.info.input_price for s in providers]
         completion = [s.info.output_price for s in providers]
         catalog.append(
             {
-                "id": names[key],
+                "id": model,
                 "object": "model",
                 "created": 0,
                 "owned_by": "0g-compute",

@@ -60,13 +60,11 @@ class Gate:
         "in_flight",
         "limiter",
         "max_concurrent",
-        "peak_in_flight",
         "seconds_per_request",
     )
 
     def __init__(self, limits: ProviderLimits, rate_margin: float = 1.0) -> None:
         self.in_flight = 0
-        self.peak_in_flight = 0
         self.blocked_until = 0.0
         self._banked = 0
         self.reconfigure(limits, rate_margin)
@@ -102,7 +100,6 @@ class Gate:
         else:
             await self.limiter.acquire()
         self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     async def refill(self) -> None:
         """Wait for the bucket's next token and bank it for a queued request."""

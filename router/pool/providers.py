@@ -103,6 +103,7 @@ class Pool:
         self._rate_margin = rate_margin
         self._providers: dict[str, ProviderState] = {}
         self._index: dict[tuple[str, str], list[ProviderState]] = {}
+        self._by_model: dict[str, list[ProviderState]] = {}
         self._models: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -148,16 +149,20 @@ class Pool:
     def knows_model(self, model: str) -> bool:
         return model.lower() in self._models
 
-    def model_ids(self) -> list[str]:
-        """Every model id served by some provider, as first advertised."""
-        return sorted(self._models.values())
+    def by_model(self) -> dict[str, list[ProviderState]]:
+        """Every model id (as first advertised) with the providers serving it, over all service types."""
+        return {self._models[key]: states for key, states in sorted(self._by_model.items())}
 
     def _reindex(self) -> None:
         index: dict[tuple[str, str], list[ProviderState]] = {}
+        by_model: dict[str, list[ProviderState]] = {}
         models: dict[str, str] = {}
         for state in self._providers.values():
             for model in state.info.models:
-                index.setdefault((state.info.service_type, model.lower()), []).append(state)
-                models.setdefault(model.lower(), model)
+                key = model.lower()
+                index.setdefault((state.info.service_type, key), []).append(state)
+                by_model.setdefault(key, []).append(state)
+                models.setdefault(key, model)
         self._index = index
+        self._by_model = by_model
         self._models = models

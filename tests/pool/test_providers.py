@@ -157,10 +157,12 @@ class TestLookup:
         assert filled.candidates("chatbot", "missing") == []
         assert not filled.knows_model("missing")
 
-    def test_knows_model_and_model_ids_use_the_first_spelling(self, filled: Pool) -> None:
-        """Models are known in any case and listed once, as first advertised, sorted."""
+    def test_knows_model_and_by_model_use_the_first_spelling(self, filled: Pool) -> None:
+        """Models are known in any case and listed once each (first spelling), sorted caselessly."""
         assert filled.knows_model("QWEN/qwen2.5-7B")
-        assert filled.model_ids() == ["Qwen/Qwen2.5-7B", "other"]
+        grouped = filled.by_model()
+        assert list(grouped) == ["other", "Qwen/Qwen2.5-7B"]
+        assert all(grouped[model] for model in grouped)
 
     def test_a_refresh_reindexes_models(self, filled: Pool) -> None:
         """After a provider drops a model, lookups stop finding it there."""
