@@ -10,26 +10,34 @@ in-process (the library API) or for the gateway, through one dispatch loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
 from router.chain.client import ChainClient
+from router.chain.networks import Network
 from router.chain.session import SessionTokens
 from router.chain.wallet import Wallet
 from router.config import RouterConfig
 from router.discovery import Discovery, Prober, static_infos
-from router.dispatch import Call, Dispatcher, Endpoint, Reply, StreamReply
-from router.errors import AllAttemptsFailed, RouterError
+from router.dispatch import Call, Dispatcher, Endpoint, Reply, StreamReply, max_output
+from router.errors import AllAttemptsFailed, ConfigError, RouterError
+from router.money.balances import BalanceSync
+from router.money.funder import Funder
+from router.money.report import balance_report, providers_report
+from router.money.watcher import SettlementWatcher
 from router.observability.events import BreakerChanged, Event, Observer
 from router.policy.select import NO_PREFERENCES, Preferences, parse_preferences
+from router.pool.accounting import Accounts
 from router.pool.admission import Admission
 from router.pool.catalog import model_catalog
-from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderState
+from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
 from router.transport.http import HttpTransport
+from router.types import TxResult
 
 
 class Router:
@@ -43,6 +51,10 @@ class Router:
         self._dispatcher: Dispatcher | None = None
         self._admission: Admission | None = None
         self._tokens: SessionTokens | None = None
+        self._accounts: Accounts | None = None
+        self._funder: Funder | None = None
+        self._balances: BalanceSync | None = None
+        self._watcher: SettlementWatcher | None = None
         self.wallet_address: str | None = None
 
     def __repr__(self) -> str:
@@ -78,24 +90,12 @@ class Router:
         pool.replace(ProviderKind.STATIC, static_infos(config.static_upstreams))
         transport = await self._stack.enter_async_context(HttpTransport(config.transport))
         admission = await self._stack.enter_async_context(Admission(clock=clock))
-        discovery = None
-        if config.network is not None:
-            assert config.private_key is not None
-            wallet = Wallet(config.private_key)
-            self.wallet_address = wallet.address
-            chain = await self._stack.enter_async_context(ChainClient(config.network, wallet))
-            self._tokens = SessionTokens(chain)
-            discovery = Discovery(
-                chain,
-                transport,
-                pool,
-                config.discovery,
-                allow_private=config.transport.allow_private_targets,
-                warm=self._tokens.authorization,
-                emit=self.emit,
-            )
-            await discovery.refresh()
         self._pool, self._admission = pool, admission
+        background: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            functools.partial(Prober(pool, transport, config.discovery, self.emit).run, admission.wake)
+        ]
+        if config.network is not None:
+            background += await self._open_chain(config.network, pool, transport, admission)
         self._dispatcher = Dispatcher(
             pool,
             admission,
@@ -104,15 +104,75 @@ class Router:
             config.dispatch,
             self.emit,
             on_misconfigured=self._forget_token,
+            accounts=self._accounts,
+            on_unfunded=self._unfunded,
+            default_max_tokens=config.money.default_max_tokens,
         )
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        background = [
-            tasks.create_task(Prober(pool, transport, config.discovery, self.emit).run(admission.wake))
-        ]
-        if discovery is not None:
-            background.append(tasks.create_task(discovery.run()))
+        running = [tasks.create_task(run()) for run in background]
         # Runs before the TaskGroup's exit (the stack unwinds in reverse); the group then awaits them.
-        self._stack.callback(lambda: [task.cancel() for task in background])
+        self._stack.callback(lambda: [task.cancel() for task in running])
+
+    async def _open_chain(
+        self, network: Network, pool: Pool, transport: HttpTransport, admission: Admission
+    ) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        """Chain providers and the wallet's money: discovery, balances, the watcher and the funder."""
+        config = self.config
+        money = config.money
+        assert config.private_key is not None
+        wallet = Wallet(config.private_key)
+        self.wallet_address = user = wallet.address
+        chain = await self._stack.enter_async_context(ChainClient(network, wallet))
+        tokens = self._tokens = SessionTokens(chain)
+        discovery = Discovery(
+            chain,
+            transport,
+            pool,
+            config.discovery,
+            allow_private=config.transport.allow_private_targets,
+            warm=tokens.authorization,
+            emit=self.emit,
+        )
+        await discovery.refresh()
+        accounts = self._accounts = Accounts(low_water=money.fund_below_neuron)
+        funder = self._funder = Funder(
+            chain,
+            accounts,
+            pool,
+            money,
+            user=user,
+            clock=admission.now,
+            emit=self.emit,
+            on_funded=functools.partial(self._funded, admission),
+        )
+        accounts.on_low = funder.wake
+        balances = self._balances = BalanceSync(
+            chain,
+            transport,
+            pool,
+            accounts,
+            user=user,
+            interval=money.balance_interval,
+            authorize=tokens.authorization,
+            timeout=config.discovery.models_timeout,
+            emit=self.emit,
+            on_synced=funder.wake,
+        )
+        await balances.sync()
+        # The router opens ready: new providers get their first funds before the first request.
+        await funder.cycle()
+        watcher = self._watcher = SettlementWatcher(
+            chain,
+            accounts,
+            user=user,
+            start_block=balances.block + 1,
+            confirmations=network.confirmations,
+            interval=money.watch_interval,
+            emit=self.emit,
+            on_settled=lambda _provider: balances.ask(),
+            on_resync=balances.ask,
+        )
+        return [discovery.run, balances.run, watcher.run, funder.run]
 
     # -- what the gateway uses --------------------------------------------------------------------
 
@@ -145,6 +205,7 @@ class Router:
         prefs: Preferences = NO_PREFERENCES,
         request_id: str | None = None,
         timeout: float | None = None,
+        max_output: int | None = None,
     ) -> Call:
         """A ``Call`` with its deadline set from now (``timeout`` or the configured request timeout)."""
         budget = timeout if timeout is not None else self.config.dispatch.request_timeout
@@ -157,6 +218,7 @@ class Router:
             prefs=prefs,
             request_id=request_id or uuid.uuid4().hex,
             deadline=self.now() + budget,
+            max_output=max_output,
         )
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
@@ -213,9 +275,15 @@ class Router:
     ) -> Reply | StreamReply:
         prefs = parse_preferences(payload.pop("provider", None), {})
         body = json.dumps({"model": model, **payload}).encode()
-        return await self.dispatch(
-            self.new_call(endpoint, model=model, body=body, stream=stream, prefs=prefs)
+        call = self.new_call(
+            endpoint,
+            model=model,
+            body=body,
+            stream=stream,
+            prefs=prefs,
+            max_output=max_output(endpoint, payload),
         )
+        return await self.dispatch(call)
 
     # -- provider credentials ---------------------------------------------------------------------
 
@@ -228,6 +296,51 @@ class Router:
     def _forget_token(self, state: ProviderState) -> None:
         if self._tokens is not None and state.info.kind is ProviderKind.CHAIN:
             self._tokens.invalidate(state.id)
+
+    # -- money ------------------------------------------------------------------------------------
+
+    def balances(self) -> dict[str, Any]:
+        """The wallet's ledger, every sub-account (balance, available, unsettled, pending refund,
+        funding state) and the funding alerts."""
+        accounts = self._money_accounts()
+        block = self._watcher.cursor - 1 if self._watcher is not None else None
+        return balance_report(accounts, self.wallet_address or "", block)
+
+    def providers(self) -> list[dict[str, Any]]:
+        """Every provider: models, prices, limits, health, in-flight, exclusions and our balance there."""
+        return providers_report(self.pool, self._accounts, self.now())
+
+    async def fund(self, provider: str, amount: int) -> TxResult:
+        """Move ``amount`` neuron from the ledger to ``provider``'s sub-account (through the funder, so it
+        never races an automatic top-up). Raises ``ChainError`` if the chain refuses."""
+        self._money_accounts()
+        assert self._funder is not None
+        return await self._funder.fund(provider, amount)
+
+    async def refund(self, providers: Sequence[str] | None = None) -> list[TxResult]:
+        """Queue refunds of ``providers`` (default: every funded one) and stop funding them; a second call
+        after the lock time releases matured refunds to the ledger."""
+        accounts = self._money_accounts()
+        assert self._funder is not None
+        chosen = list(providers) if providers is not None else [a.provider for a in accounts if a.exists]
+        return await self._funder.drain(chosen)
+
+    def _money_accounts(self) -> Accounts:
+        if self._accounts is None:
+            raise ConfigError("this router has no wallet: money needs a network and a private key")
+        return self._accounts
+
+    def _unfunded(self, state: ProviderState) -> None:
+        """A provider said our balance is too low: re-read it, and fund it if that is so."""
+        if self._balances is not None and self._funder is not None:
+            self._balances.ask()
+            self._funder.wake()
+
+    def _funded(self, admission: Admission, provider: str) -> None:
+        state = self.pool.get(provider)
+        if state is not None:
+            state.excluded.pop(Exclusion.UNFUNDED, None)
+        admission.wake()
 
 
 def _decoded(body: bytes) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from router.policy.select import Strategy
 from router.pool.health import HealthPolicy
 from router.pool.limits import ProviderLimits
 from router.transport.http import TransportOptions
+from router.types import NEURON_PER_0G
 
 DEFAULT_PORT = 8080
 # The broker's own body cap (protocol.md §4.2): anything larger would be refused there anyway.
@@ -105,6 +107,48 @@ class DiscoveryOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class MoneyOptions:
+    """Balances, settlement and auto-funding of the wallet's provider sub-accounts.
+
+    Amounts are in 0G. ``available`` means what a provider would still serve: locked balance minus the
+    1 0G minimum, unsettled fees and the reserves of requests in flight. The funder tops a provider up to
+    ``fund_to`` when its available balance falls under ``fund_below`` (and opens a sub-account for each
+    new provider when ``fund_new_providers``). ``default_max_tokens`` is the completion size reserved for
+    a request that names no ``max_tokens``. Times in seconds.
+    """
+
+    auto_fund: bool = True
+    fund_below: float = 1.0
+    fund_to: float = 2.0
+    fund_new_providers: bool = True
+    funding_retry: float = 60.0
+    balance_interval: float = 30.0
+    watch_interval: float = 2.0
+    default_max_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fund_below <= self.fund_to:
+            raise ConfigError("[money] needs 0 <= fund_below <= fund_to")
+        if min(self.funding_retry, self.balance_interval, self.watch_interval) <= 0:
+            raise ConfigError("[money] intervals must be positive")
+        if self.default_max_tokens < 1:
+            raise ConfigError("[money] default_max_tokens must be at least 1")
+
+    @property
+    def fund_below_neuron(self) -> int:
+        return _neuron(self.fund_below)
+
+    @property
+    def fund_to_neuron(self) -> int:
+        return _neuron(self.fund_to)
+
+
+def _neuron(amount_0g: float) -> int:
+    # Through the decimal text, so 1.2 0G is exactly 1_200_000_000_000_000_000 neuron.
+    return int(Decimal(str(amount_0g)) * NEURON_PER_0G)
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     """Everything a ``Router`` needs. Chain providers need ``network`` and ``private_key``."""
 
@@ -115,6 +159,7 @@ class RouterConfig:
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     transport: TransportOptions = field(default_factory=TransportOptions)
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    money: MoneyOptions = field(default_factory=MoneyOptions)
 
     def __post_init__(self) -> None:
         if self.network is None and not self.static_upstreams:
@@ -136,6 +181,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
     allow_anonymous: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     shutdown_timeout: float = 10.0
@@ -146,8 +192,10 @@ class GatewayConfig:
                 "the gateway needs at least one API key (ZG_ROUTER_API_KEYS or [gateway] api_keys); "
                 "set allow_anonymous = true to serve without one"
             )
-        if any(len(key) < 16 for key in self.api_keys):
-            raise ConfigError("gateway API keys must be at least 16 characters")
+        if any(len(key) < 16 for key in (*self.api_keys, *self.admin_keys)):
+            raise ConfigError("gateway API keys and admin keys must be at least 16 characters")
+        if set(self.api_keys) & set(self.admin_keys):
+            raise ConfigError("an admin key cannot also be an API key: admin keys move money")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.max_body_bytes < 1024:
@@ -167,6 +215,7 @@ _TOP_KEYS = {
     "discovery",
     "transport",
     "health",
+    "money",
     "upstreams",
 }
 
@@ -195,10 +244,13 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         discovery=_section(DiscoveryOptions, data.get("discovery", {}), "discovery"),
         transport=_section(TransportOptions, data.get("transport", {}), "transport"),
         health=_section(HealthPolicy, data.get("health", {}), "health"),
+        money=_section(MoneyOptions, data.get("money", {}), "money"),
     )
     gateway_data = dict(_table(data.get("gateway", {}), "gateway"))
     if "ZG_ROUTER_API_KEYS" in env:
         gateway_data["api_keys"] = [k.strip() for k in env["ZG_ROUTER_API_KEYS"].split(",") if k.strip()]
+    if "ZG_ROUTER_ADMIN_KEYS" in env:
+        gateway_data["admin_keys"] = [k.strip() for k in env["ZG_ROUTER_ADMIN_KEYS"].split(",") if k.strip()]
     if "ZG_ROUTER_HOST" in env:
         gateway_data["host"] = env["ZG_ROUTER_HOST"]
     if "ZG_ROUTER_PORT" in env:
@@ -280,8 +332,10 @@ def _section(cls: type[_T], raw: object, name: str) -> _T:
             table["strategy"] = Strategy.parse(str(table["strategy"]), "dispatch.strategy")
         except InvalidRequest as exc:
             raise ConfigError(f"[dispatch] strategy: {exc.message}") from None
-    if cls is GatewayConfig and "api_keys" in table:
-        table["api_keys"] = tuple(_list(table["api_keys"], "gateway.api_keys"))
+    if cls is GatewayConfig:
+        for keys in ("api_keys", "admin_keys"):
+            if keys in table:
+                table[keys] = tuple(_list(table[keys], f"gateway.{keys}"))
     try:
         return cls(**table)
     except TypeError as exc:

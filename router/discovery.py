@@ -9,6 +9,7 @@ snapshot. It refreshes on a cadence and as soon as ``ServiceUpdated``, ``Service
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from router.errors import ProviderUnreachable, RouterError, UnsafeProviderUrl
 from router.observability.events import BackgroundError, Observer, PoolRefreshed
 from router.pool.health import BreakerState
 from router.pool.limits import DEFAULT_BURST, DEFAULT_MAX_CONCURRENT, ProviderLimits
+from router.pool.pricing import parse_cache_divisor, parse_tiers
 from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderState
 from router.transport.guard import check_provider_url
 from router.transport.http import HttpTransport
@@ -48,6 +50,9 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
     """A chain provider's entry: on-chain record, refined by what its ``/v1/models`` says (if anything)."""
     models = [service.model]
     input_price, output_price = service.input_price, service.output_price
+    extra = _json_object(service.additional_info)
+    tiers = parse_tiers(extra.get("tieredPricing"))
+    cache_divisor = parse_cache_divisor(extra.get("cacheTokenBilling"))
     limits = ProviderLimits()
     entries = models_doc.get("data") if isinstance(models_doc, dict) else None
     for entry in entries if isinstance(entries, list) else []:
@@ -60,6 +65,8 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
             # /v1/models is authoritative per model; the chain price is a ceiling (protocol.md §4.5).
             input_price = _int(pricing.get("prompt"), input_price)
             output_price = _int(pricing.get("completion"), output_price)
+            tiers = parse_tiers(pricing.get("tiered_pricing")) or tiers
+            cache_divisor = parse_cache_divisor(pricing.get("cache_token_billing")) or cache_divisor
         rates = entry.get("rate_limits")
         if entry["id"] == service.model and isinstance(rates, dict):
             limits = ProviderLimits(
@@ -78,7 +85,18 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
         output_price=output_price,
         verifiability=service.verifiability,
         limits=limits,
+        price_tiers=tiers,
+        cache_divisor=cache_divisor,
     )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A service's ``additionalInfo`` as a JSON object ({} when it is empty or not an object)."""
+    try:
+        value = json.loads(text) if text else {}
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: object, default: int) -> int:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from router.config import DispatchOptions
 from router.errors import (
     AllAttemptsFailed,
+    InsufficientFunds,
     InvalidRequest,
     NoProviderAvailable,
     ProviderUnreachable,
@@ -30,8 +30,10 @@ from router.errors import (
 from router.observability.events import AttemptFailed, Observer, RequestFinished
 from router.policy.outcome import Verdict, classify, error_message, reset_seconds
 from router.policy.select import Preferences, eligible, rank
+from router.pool.accounting import Accounts, FundingState, Hold
 from router.pool.admission import Admission
-from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderState
+from router.pool.pricing import reply_cost
+from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
 from router.transport.http import HttpTransport, Upstream
 from router.transport.sse import DONE, error_event, is_done, usage_of
 
@@ -51,7 +53,8 @@ class Endpoint(enum.Enum):
 
 @dataclass(slots=True)
 class Call:
-    """One request, parsed once. ``body`` is what goes to the provider; ``deadline`` is in clock time."""
+    """One request, parsed once. ``body`` is what goes to the provider; ``deadline`` is in clock time;
+    ``max_output`` is the most output it asks for (``max_tokens``, or the image count), if it says."""
 
     endpoint: Endpoint
     model: str
@@ -61,6 +64,7 @@ class Call:
     prefs: Preferences
     request_id: str
     deadline: float
+    max_output: int | None = None
 
 
 @dataclass(slots=True)
@@ -77,6 +81,8 @@ class Reply:
 
 
 Authorizer = Callable[[ProviderInfo], Awaitable[str]]
+# Static upstreams are not our 0G money: their requests hold nothing.
+_NO_HOLD = Hold(None, None, 0)
 
 
 class _Run:
@@ -125,6 +131,9 @@ class Dispatcher:
         emit: Observer,
         *,
         on_misconfigured: Callable[[ProviderState], None] = lambda _: None,
+        accounts: Accounts | None = None,
+        on_unfunded: Callable[[ProviderState], None] = lambda _: None,
+        default_max_tokens: int = 4096,
         rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
@@ -134,6 +143,9 @@ class Dispatcher:
         self._options = options
         self._emit = emit
         self._on_misconfigured = on_misconfigured
+        self._accounts = accounts
+        self._on_unfunded = on_unfunded
+        self._default_max_tokens = default_max_tokens
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
@@ -233,14 +245,46 @@ class Dispatcher:
                 code="no_available_provider",
                 headers={"Retry-After": "1"},
             )
+        accounts = self._accounts
+        reserves: dict[str, int] = {}
+        if accounts is not None:
+            ranked = self._funded(call, ranked, accounts, reserves)
         queue_deadline = min(call.deadline, now + self._options.queue_timeout)
         state = await self._admission.acquire(ranked, queue_deadline)
         tried.add(state.id)
-        slot = _Slot(self._admission, state)
+        reserve = reserves.get(state.id)
+        hold = accounts.hold(state.id, reserve) if accounts is not None and reserve is not None else _NO_HOLD
+        slot = _Slot(self._admission, state, hold)
         try:
             return await self._exchange(call, state, slot, attempt, started)
         finally:
             slot.release()
+
+    def _funded(
+        self, call: Call, ranked: list[ProviderState], accounts: Accounts, reserves: dict[str, int]
+    ) -> list[ProviderState]:
+        """The chain providers whose available balance covers this call's reserve (static ones always);
+        ``reserves`` gets each chain provider's reserve. None covered: 402."""
+        prompt_tokens = len(call.body) // 4 + 1
+        output = call.max_output if call.max_output is not None else self._default_max_tokens
+        covered = []
+        for state in ranked:
+            info = state.info
+            if info.kind is not ProviderKind.CHAIN:
+                covered.append(state)
+                continue
+            if call.endpoint is Endpoint.EMBEDDINGS:
+                reserve = info.pricing.fee(prompt_tokens, 0)
+            elif call.endpoint is Endpoint.IMAGES:
+                reserve = info.pricing.fee(0, call.max_output or 1)
+            else:
+                reserve = info.pricing.fee(prompt_tokens, output)
+            if accounts.covers(info.id, reserve):
+                reserves[info.id] = reserve
+                covered.append(state)
+        if not covered:
+            raise InsufficientFunds(_unfunded_message(call, ranked, accounts), code="insufficient_balance")
+        return covered
 
     async def _exchange(
         self, call: Call, state: ProviderState, slot: _Slot, attempt: int, started: float
@@ -283,7 +327,8 @@ class Dispatcher:
             raise self._failed(call, state, 200, Verdict.UNHEALTHY, str(exc)) from None
         done = self._admission.now()
         state.health.record_success(latency=done - sent)
-        cost = _cost(info, call.endpoint, body)
+        cost = reply_cost(info.pricing, body, images=call.endpoint is Endpoint.IMAGES)
+        slot.cost = cost
         self._finish(call, started, upstream.status, info.id, attempt, cost, None)
         return Reply(
             status=upstream.status,
@@ -347,6 +392,7 @@ class Dispatcher:
         elif verdict is Verdict.UNFUNDED:
             state.health.record_success()
             state.exclude(Exclusion.UNFUNDED, now + options.unfunded_cooldown)
+            self._on_unfunded(state)
         elif verdict is Verdict.MISCONFIGURED:
             state.health.record_success()
             state.exclude(Exclusion.MISCONFIGURED, now + options.misconfigured_cooldown)
@@ -387,23 +433,27 @@ class Dispatcher:
 
 
 class _Slot:
-    """A taken admission slot, released exactly once (or handed over to a stream, which releases it)."""
+    """A taken admission slot and the request's balance hold, released exactly once (or handed over to a
+    stream, which releases them). ``cost`` is booked against the hold on release."""
 
-    __slots__ = ("_admission", "_held", "state")
+    __slots__ = ("_admission", "_held", "cost", "hold", "state")
 
-    def __init__(self, admission: Admission, state: ProviderState) -> None:
+    def __init__(self, admission: Admission, state: ProviderState, hold: Hold) -> None:
         self._admission = admission
         self.state = state
+        self.hold = hold
+        self.cost: int | None = None
         self._held = True
 
     def hand_over(self) -> _Slot:
-        moved = _Slot(self._admission, self.state)
+        moved = _Slot(self._admission, self.state, self.hold)
         self._held = False
         return moved
 
     def release(self) -> None:
         if self._held:
             self._held = False
+            self.hold.close(self.cost)
             # A probe that never reported (cancelled) must not keep the breaker half-open forever.
             self.state.health.abandon()
             self._admission.release(self.state)
@@ -474,7 +524,7 @@ class StreamReply:
             if not saw_done:
                 yield DONE
             health.record_success(latency=self._elapsed(), ttft=self.ttft)
-            self.cost = _usage_cost(self._state.info, self.usage)
+            self.cost = self._state.info.pricing.usage_fee(self.usage)
             status, error = 200, None
         except ProviderUnreachable as exc:
             status, error = 502, str(exc)
@@ -490,8 +540,23 @@ class StreamReply:
             return
         self._finished = True
         self._upstream.close()
+        self._slot.cost = self.cost
         self._slot.release()
         self._finish(status, self.cost, error)
+
+
+def max_output(endpoint: Endpoint, payload: Mapping[str, Any]) -> int | None:
+    """The most output a request asks for: ``max_completion_tokens``/``max_tokens``, or the image count.
+
+    Used to reserve balance while the request is in flight; a value the provider will reject anyway
+    (not a positive integer) counts as unsaid.
+    """
+    keys = ("n",) if endpoint is Endpoint.IMAGES else ("max_completion_tokens", "max_tokens")
+    for key in keys:
+        value = payload.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _no_wait(state: RetryCallState) -> float:
@@ -499,28 +564,16 @@ def _no_wait(state: RetryCallState) -> float:
     return 0.0
 
 
-def _cost(info: ProviderInfo, endpoint: Endpoint, body: bytes) -> int | None:
-    """Neuron charged for a reply, from its usage (tokens) or, for images, the picture count."""
-    if endpoint is Endpoint.IMAGES:
-        try:
-            data = json.loads(body).get("data")
-        except (ValueError, AttributeError, RecursionError):
-            return None
-        return len(data) * info.output_price if isinstance(data, list) else None
-    if b'"usage"' not in body:
-        return None
-    try:
-        usage = json.loads(body).get("usage")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return _usage_cost(info, usage if isinstance(usage, dict) else None)
-
-
-def _usage_cost(info: ProviderInfo, usage: dict[str, Any] | None) -> int | None:
-    if not usage:
-        return None
-    prompt = usage.get("prompt_tokens", 0)
-    completion = usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return prompt * info.input_price + completion * info.output_price
+def _unfunded_message(call: Call, ranked: list[ProviderState], accounts: Accounts) -> str:
+    states = {a.funding for s in ranked if (a := accounts.get(s.id)) is not None}
+    message = (
+        f"none of the {len(ranked)} provider(s) of {call.model!r} has the balance to cover this request "
+        "(each keeps 1 0G locked plus unsettled fees)"
+    )
+    if FundingState.FUNDING in states:
+        return message + "; top-ups are under way, retry in a few seconds"
+    if FundingState.LEDGER_LOW in states:
+        return message + "; the wallet's ledger is too low to top them up: deposit 0G to the ledger"
+    if FundingState.OFF in states:
+        return message + "; auto-funding is off: fund them with `zg-router fund`"
+    return message

@@ -17,6 +17,7 @@
         ├── Unauthorized           401: missing or wrong gateway API key
         ├── UpstreamRejected       a provider refused the request as the client's fault; status and body
         │                          are passed through unchanged
+        ├── InsufficientFunds      402: no provider that could serve it has the balance to cover it
         ├── Saturated              429: every candidate was at its limits until the request's deadline
         ├── AllAttemptsFailed      502: every attempt failed at the providers
         └── NoProviderAvailable    503: no provider can take the request now
@@ -153,6 +154,13 @@ class UpstreamRejected(RequestFailed):
         self.body = body
         self.content_type = content_type
         self.provider = provider
+
+
+class InsufficientFunds(RequestFailed):
+    """No provider that could serve the request has the balance to cover it (HTTP 402)."""
+
+    status = 402
+    type = "insufficient_funds"
 
 
 class Saturated(RequestFailed):

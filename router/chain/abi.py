@@ -233,6 +233,11 @@ INFERENCE_SERVING_ABI: list[AbiEntry] = [
     ),
     _view("getService", [_param("provider", "address")], [_tuple("service", SERVICE_FIELDS)]),
     _view("getAccount", _ADDRESS_IN, [_tuple("", ACCOUNT_FIELDS)]),
+    _view(
+        "getAccountsByUser",
+        [_param("user", "address"), _param("offset", "uint256"), _param("limit", "uint256")],
+        [_tuple("accounts", ACCOUNT_FIELDS, array=True), _param("total", "uint256")],
+    ),
     _view("lockTime", [], [_param("", "uint256")]),
     _event(
         "BalanceUpdated",
@@ -241,6 +246,23 @@ INFERENCE_SERVING_ABI: list[AbiEntry] = [
             _param("provider", "address", indexed=True),
             _param("amount", "uint256", indexed=False),
             _param("pendingRefund", "uint256", indexed=False),
+        ],
+    ),
+    _event(
+        "RefundRequested",
+        [
+            _param("user", "address", indexed=True),
+            _param("provider", "address", indexed=True),
+            _param("index", "uint256", indexed=True),
+            _param("timestamp", "uint256", indexed=False),
+        ],
+    ),
+    _event(
+        "AccountDeleted",
+        [
+            _param("user", "address", indexed=True),
+            _param("provider", "address", indexed=True),
+            _param("refundedAmount", "uint256", indexed=False),
         ],
     ),
     _event(

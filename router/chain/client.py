@@ -15,10 +15,12 @@ import aiohttp
 from eth_typing import ChecksumAddress
 from web3 import AsyncWeb3
 from web3.contract.async_contract import AsyncContract, AsyncContractFunction
+from web3.exceptions import BlockNotFound
 from web3.types import RPCEndpoint, TxParams
 
 from router.chain.abi import INFERENCE_SERVING_ABI, LEDGER_MANAGER_ABI
 from router.chain.faults import RevertDecoder, web3_errors
+from router.chain.logs import MoneyLog, MoneyLogDecoder
 from router.chain.networks import Network
 from router.chain.rpc import FailoverHTTPProvider
 from router.chain.sender import TransactionSender
@@ -73,6 +75,7 @@ class ChainClient:
         self._sender: TransactionSender | None = None
         self._contracts: tuple[AsyncContract, AsyncContract] | None = None
         self._service_name: str | None = None
+        self._money: MoneyLogDecoder | None = None
 
     def __repr__(self) -> str:
         who = self.wallet.address if self.wallet else "read-only"
@@ -140,6 +143,7 @@ class ChainClient:
         self._w3 = None
         self._sender = None
         self._contracts = None
+        self._money = None
 
     # -- plumbing shared by the typed methods and by router.chain.devtools -------------------------
 
@@ -172,11 +176,19 @@ class ChainClient:
             raise ChainError("ChainClient is not open: use `async with ChainClient(...)`")
         return self._sender
 
-    async def read(self, label: str, fn: AsyncContractFunction, *, from_address: str | None = None) -> Any:
-        """``eth_call`` a contract function (as ``from_address`` if given); reverts raise ContractRevert."""
+    async def read(
+        self,
+        label: str,
+        fn: AsyncContractFunction,
+        *,
+        from_address: str | None = None,
+        block: int | None = None,
+    ) -> Any:
+        """``eth_call`` a contract function (as ``from_address``, at ``block`` if given); reverts raise
+        ContractRevert."""
         params: TxParams = {"from": self._checksum(from_address)} if from_address else {}
         with web3_errors(self._decoder, label):
-            return await fn.call(params)
+            return await fn.call(params, block_identifier="latest" if block is None else block)
 
     async def transact(self, label: str, fn: AsyncContractFunction, *, value: int = 0) -> TxResult:
         """Send a contract function call as a transaction from this client's wallet."""
@@ -257,6 +269,42 @@ class ChainClient:
             )
         return len(logs)
 
+    async def money_logs(self, user: str, from_block: int, to_block: int) -> list[MoneyLog]:
+        """Every settlement, transfer, refund and account log of ``user`` in ``[from_block, to_block]``,
+        in chain order."""
+        decoder = self._money_decoder()
+        with web3_errors(self._decoder, "eth_getLogs"):
+            raw_logs = await self.w3.eth.get_logs(decoder.filter(user, from_block, to_block))  # type: ignore[arg-type]
+        logs = [log for raw in raw_logs if (log := decoder.decode(raw)) is not None]
+        return sorted(logs, key=lambda log: (log.block, log.log_index))
+
+    def _money_decoder(self) -> MoneyLogDecoder:
+        if self._money is None:
+            self._money = MoneyLogDecoder(self.inference, self.ledger)
+        return self._money
+
+    async def block_hash(self, number: int) -> str | None:
+        """The hash of block ``number`` as the node sees it now (None if it has no such block)."""
+        with web3_errors(self._decoder, "eth_getBlockByNumber"):
+            try:
+                block = await self.w3.eth.get_block(number)
+            except BlockNotFound:
+                return None
+        value = block.get("hash")
+        return None if value is None else "0x" + bytes(value).hex()
+
+    async def accounts_of(self, user: str, *, block: int | None = None) -> list[Account]:
+        """Every sub-account of ``user`` (all pages), as of ``block``."""
+        accounts: list[Account] = []
+        offset = 0
+        while True:
+            fn = self.inference.functions.getAccountsByUser(self._checksum(user), offset, PAGE_SIZE)
+            page, total = await self.read("getAccountsByUser", fn, block=block)
+            accounts.extend(_account(raw) for raw in page)
+            offset += PAGE_SIZE
+            if offset >= total or not page:
+                return accounts
+
     async def get_service(self, provider: str) -> Service | None:
         """The service of ``provider``, or None if it has none."""
         try:
@@ -267,21 +315,22 @@ class ChainClient:
             raise
         return _service(raw)
 
-    async def get_account(self, user: str, provider: str) -> Account | None:
-        """The (user, provider) sub-account, or None if it does not exist."""
+    async def get_account(self, user: str, provider: str, *, block: int | None = None) -> Account | None:
+        """The (user, provider) sub-account (as of ``block``), or None if it does not exist."""
         fn = self.inference.functions.getAccount(self._checksum(user), self._checksum(provider))
         try:
-            raw = await self.read("getAccount", fn)
+            raw = await self.read("getAccount", fn, block=block)
         except ContractRevert as exc:
             if exc.name == "AccountNotExists":
                 return None
             raise
         return _account(raw)
 
-    async def get_ledger(self, user: str) -> Ledger | None:
-        """The user's ledger, or None if it has none."""
+    async def get_ledger(self, user: str, *, block: int | None = None) -> Ledger | None:
+        """The user's ledger (as of ``block``), or None if it has none."""
         try:
-            raw = await self.read("getLedger", self.ledger.functions.getLedger(self._checksum(user)))
+            fn = self.ledger.functions.getLedger(self._checksum(user))
+            raw = await self.read("getLedger", fn, block=block)
         except ContractRevert as exc:
             if exc.name == "LedgerNotExists":
                 return None

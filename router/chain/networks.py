@@ -11,18 +11,25 @@ from router.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Network:
-    """Where the 0G contracts live. ``rpc_urls`` are tried in order, failing over on transport errors."""
+    """Where the 0G contracts live. ``rpc_urls`` are tried in order, failing over on transport errors.
+
+    ``confirmations`` is how many blocks a log must be buried under before the settlement watcher applies
+    it (reorg safety); the devnet mines a block per transaction only, so it uses 0.
+    """
 
     name: str
     chain_id: int
     rpc_urls: tuple[str, ...]
     ledger: str
     inference: str
+    confirmations: int = 2
 
     def __post_init__(self) -> None:
         for label, address in (("ledger", self.ledger), ("inference", self.inference)):
             if not is_checksum_address(address):
                 raise ConfigError(f"network {self.name!r}: {label} address {address!r} is not checksummed")
+        if self.confirmations < 0:
+            raise ConfigError(f"network {self.name!r}: confirmations cannot be negative")
         for url in self.rpc_urls:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"network {self.name!r}: RPC URL must be http(s), got {url[:16]!r}")
@@ -55,6 +62,7 @@ DEVNET = Network(
     rpc_urls=("http://127.0.0.1:8545",),
     ledger="0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0",
     inference="0x0165878A594ca255338adfa4d48449f69242Eb8F",
+    confirmations=0,
 )
 
 NETWORKS: dict[str, Network] = {n.name: n for n in (MAINNET, TESTNET, DEVNET)}

@@ -61,5 +61,61 @@ class BackgroundError:
     detail: str
 
 
-Event = AttemptFailed | RequestFinished | PoolRefreshed | BreakerChanged | BackgroundError
+@dataclass(frozen=True, slots=True)
+class Funded:
+    """The funder (or an operator) moved ``amount`` neuron from the ledger into a provider sub-account."""
+
+    provider: str
+    amount: int
+    tx_hash: str
+    manual: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FundingFailed:
+    """A provider could not be funded; ``state`` is ``ledger_low``, ``provider_cap`` or ``failed``."""
+
+    provider: str
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A settlement of our fees at ``provider`` landed on chain (seen by the watcher)."""
+
+    provider: str
+    amount: int
+    block: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementRejected:
+    """A provider's settlement for our wallet failed on chain (status 2-5): nothing was charged."""
+
+    status: int
+    amount: int
+    block: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherProgress:
+    """The settlement watcher has applied every money log up to ``block``; the chain head is at ``head``."""
+
+    block: int
+    head: int
+
+
+Event = (
+    AttemptFailed
+    | RequestFinished
+    | PoolRefreshed
+    | BreakerChanged
+    | BackgroundError
+    | Funded
+    | FundingFailed
+    | Settled
+    | SettlementRejected
+    | WatcherProgress
+)
 Observer = Callable[[Event], None]

@@ -16,8 +16,12 @@ from router.observability.events import (
     BackgroundError,
     BreakerChanged,
     Event,
+    Funded,
+    FundingFailed,
     PoolRefreshed,
     RequestFinished,
+    Settled,
+    SettlementRejected,
 )
 
 
@@ -86,3 +90,13 @@ class LogObserver:
             log.info("breaker", provider=event.provider, state=event.state)
         elif isinstance(event, BackgroundError):
             log.warning("background task failed", task=event.task, detail=event.detail)
+        elif isinstance(event, Funded):
+            log.info(
+                "funded", provider=event.provider, amount=event.amount, tx=event.tx_hash, manual=event.manual
+            )
+        elif isinstance(event, FundingFailed):
+            log.error("funding failed", provider=event.provider, state=event.state, detail=event.detail)
+        elif isinstance(event, Settled):
+            log.info("settled", provider=event.provider, amount=event.amount, block=event.block)
+        elif isinstance(event, SettlementRejected):
+            log.warning("settlement rejected", status=event.status, amount=event.amount, block=event.block)

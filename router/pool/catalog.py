@@ -30,13 +30,14 @@ def model_catalog(pool: Pool, now: float) -> list[dict[str, Any]]:
                     "completion": {"min": str(min(completion)), "max": str(max(completion))},
                 },
                 "tee": any(s.info.verifiable for s in providers),
-                "provider_details": [_detail(s, now) for s in providers],
+                "provider_details": [provider_detail(s, now) for s in providers],
             }
         )
     return catalog
 
 
-def _detail(state: ProviderState, now: float) -> dict[str, Any]:
+def provider_detail(state: ProviderState, now: float) -> dict[str, Any]:
+    """One provider as the model list and the admin view show it."""
     info, health, gate = state.info, state.health, state.gate
     excluded = state.excluded_at(now)
     return {

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from router.pool.health import BreakerState, Health, HealthPolicy
 from router.pool.limits import Gate, ProviderLimits
+from router.pool.pricing import PriceTier, Pricing
 
 
 class ProviderKind(enum.Enum):
@@ -26,7 +27,8 @@ class ProviderInfo:
 
     ``base_url`` is where endpoint paths go (``…/v1/proxy`` for chain providers); ``probe_url`` is a free
     route that shows the provider is up (its model list). ``models`` are the ids
-    it serves, as advertised; matching is case-insensitive. Prices are neuron per token.
+    it serves, as advertised; matching is case-insensitive. Prices are neuron per token; ``pricing`` adds
+    the tiers and cache-token discount the broker bills by.
     """
 
     id: str
@@ -40,6 +42,14 @@ class ProviderInfo:
     verifiability: str = ""
     limits: ProviderLimits = field(default_factory=ProviderLimits)
     api_key: str | None = field(default=None, repr=False)
+    price_tiers: tuple[PriceTier, ...] = ()
+    cache_divisor: int = 0
+    pricing: Pricing = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Built once per refresh, not per request.
+        pricing = Pricing(self.input_price, self.output_price, self.price_tiers, self.cache_divisor)
+        object.__setattr__(self, "pricing", pricing)
 
     @property
     def verifiable(self) -> bool:

@@ -148,6 +148,7 @@ async def _json_endpoint(request: web.Request, request_id: str, *, endpoint: End
         stream=parsed.stream,
         prefs=parsed.prefs,
         request_id=request_id,
+        max_output=parsed.max_output,
     )
     reply = await router.dispatch(call)
     if isinstance(reply, StreamReply):

@@ -9,7 +9,7 @@ from email.policy import HTTP
 
 from aiohttp import web
 
-from router.dispatch import Endpoint
+from router.dispatch import Endpoint, max_output
 from router.errors import InvalidRequest, RequestFailed, UpstreamRejected
 from router.policy.select import Preferences, parse_preferences
 
@@ -24,14 +24,23 @@ _REQUIRED: dict[Endpoint, tuple[str, type, str]] = {
 class Parsed:
     """What the gateway needs from a request body."""
 
-    __slots__ = ("body", "content_type", "model", "prefs", "stream")
+    __slots__ = ("body", "content_type", "max_output", "model", "prefs", "stream")
 
-    def __init__(self, model: str, body: bytes, content_type: str, stream: bool, prefs: Preferences) -> None:
+    def __init__(
+        self,
+        model: str,
+        body: bytes,
+        content_type: str,
+        stream: bool,
+        prefs: Preferences,
+        max_output: int | None = None,
+    ) -> None:
         self.model = model
         self.body = body
         self.content_type = content_type
         self.stream = stream
         self.prefs = prefs
+        self.max_output = max_output
 
 
 def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Parsed:
@@ -64,7 +73,7 @@ def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, st
         body = json.dumps(payload).encode()
     else:
         prefs = parse_preferences(None, headers)
-    return Parsed(model, body, "application/json", stream, prefs)
+    return Parsed(model, body, "application/json", stream, prefs, max_output(endpoint, payload))
 
 
 def parse_multipart_request(body: bytes, content_type: str, headers: Mapping[str, str]) -> Parsed:

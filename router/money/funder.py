@@ -1,0 +1,235 @@
+"""The funder: keeps every provider sub-account able to serve, by ``transferFund`` from the wallet's ledger.
+
+A provider is topped up to ``fund_to`` of available balance when it falls under ``fund_below`` (and a new
+provider gets its first sub-account when ``fund_new_providers``). Funding is single flight per provider
+(a lock each) and goes through the chain client's one transaction signer. A ledger that cannot pay, or a
+wallet at the contract's 50-provider cap, is reported once (event, log, admin view) and not retried until
+the ledger grows: no loop of failing transactions. An unacknowledged sub-account is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from router.chain.client import ChainClient
+from router.config import MoneyOptions
+from router.errors import ChainError, ContractRevert
+from router.money.balances import END_OF_BLOCK
+from router.observability.events import Funded, FundingFailed, Observer
+from router.pool.accounting import MINIMUM_LOCKED, Accounts, FundingState, SubAccount
+from router.pool.providers import Pool, ProviderKind
+from router.types import NEURON_PER_0G, TxResult
+
+MIN_TRANSFER = NEURON_PER_0G  # the first transfer to a new sub-account (protocol.md §7.1)
+MAX_PROVIDERS_PER_SERVICE = 50
+MAX_PROVIDERS_PER_RETRIEVE = 20
+
+
+class FundingError(ChainError):
+    """A funding request could not be carried out; ``state`` says why (ledger_low, provider_cap, failed)."""
+
+    def __init__(self, state: FundingState, message: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class Funder:
+    """Tops up sub-accounts for ``user`` from its ledger. ``wake()`` when a balance may have dropped."""
+
+    def __init__(
+        self,
+        chain: ChainClient,
+        accounts: Accounts,
+        pool: Pool,
+        options: MoneyOptions,
+        *,
+        user: str,
+        clock: Callable[[], float],
+        emit: Observer,
+        on_funded: Callable[[str], None],
+    ) -> None:
+        self._chain = chain
+        self._accounts = accounts
+        self._pool = pool
+        self._options = options
+        self._user = user
+        self._clock = clock
+        self._emit = emit
+        self._on_funded = on_funded
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retry_at: dict[str, float] = {}
+        # The ledger's available balance when a provider was found unfundable: retried once it grows.
+        self._ledger_when_low: dict[str, int] = {}
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._woken.wait()
+            self._woken.clear()
+            await self.cycle()
+
+    async def cycle(self) -> None:
+        """Fund (or acknowledge) every provider that needs it, concurrently, one transaction each."""
+        due = self.due()
+        if due:
+            await asyncio.gather(*(self._auto(provider, amount) for provider, amount in due))
+
+    def due(self) -> list[tuple[str, int]]:
+        """(provider, amount) for each chain provider to fund now; amount 0 means acknowledge only."""
+        options, accounts, now = self._options, self._accounts, self._clock()
+        fund_to = options.fund_to_neuron
+        due: list[tuple[str, int]] = []
+        for state in self._pool:
+            if state.info.kind is not ProviderKind.CHAIN:
+                continue
+            account = accounts.of(state.id)
+            key = state.id.lower()
+            if not options.auto_fund:
+                account.funding = FundingState.OFF
+                continue
+            if account.funding is FundingState.DRAINING or now < self._retry_at.get(key, 0.0):
+                continue
+            if accounts.ledger_available <= self._ledger_when_low.get(key, -1):
+                continue
+            if not account.exists:
+                if options.fund_new_providers:
+                    due.append((state.id, fund_to + MINIMUM_LOCKED + account.unsettled + account.reserved))
+            elif account.available < options.fund_below_neuron:
+                due.append((state.id, fund_to - account.available))
+            elif not account.acknowledged:
+                due.append((state.id, 0))
+        return due
+
+    async def fund(self, provider: str, amount: int) -> TxResult:
+        """An operator's transfer of ``amount`` neuron to ``provider`` (ends a drain); raises on failure."""
+        account = self._accounts.of(provider)
+        if account.funding is FundingState.DRAINING:
+            account.funding = FundingState.OK
+        result = await self._transfer(provider, amount, manual=True)
+        assert result is not None
+        return result
+
+    async def drain(self, providers: Sequence[str]) -> list[TxResult]:
+        """Refund ``providers`` (``retrieveFund``, 20 per call) and stop funding them until funded by hand.
+
+        A queued refund takes the provider's whole balance out of service at once (protocol.md §7.2).
+        """
+        for provider in providers:
+            account = self._accounts.of(provider)
+            account.funding, account.funding_detail = FundingState.DRAINING, "refund requested"
+        results = []
+        for start in range(0, len(providers), MAX_PROVIDERS_PER_RETRIEVE):
+            chunk = providers[start : start + MAX_PROVIDERS_PER_RETRIEVE]
+            result = await self._chain.retrieve_fund(chunk)
+            for provider in chunk:
+                await self._reread(provider, result.block_number)
+            results.append(result)
+        return results
+
+    async def _auto(self, provider: str, amount: int) -> None:
+        try:
+            await self._transfer(provider, amount, manual=False)
+        except ChainError:
+            # Already recorded on the account and reported.
+            return
+
+    async def _transfer(self, provider: str, amount: int, *, manual: bool) -> TxResult | None:
+        lock = self._locks.setdefault(provider.lower(), asyncio.Lock())
+        async with lock:
+            account = self._accounts.of(provider)
+            if amount == 0:
+                return await self._acknowledge(account)
+            if not manual:
+                amount = self._affordable(account, amount)
+            account.funding, account.funding_detail = FundingState.FUNDING, ""
+            try:
+                result = await self._chain.transfer_fund(provider, amount)
+            except ContractRevert as exc:
+                self._failed(account, _state_of(exc), str(exc))
+                raise FundingError(_state_of(exc), str(exc)) from None
+            except ChainError as exc:
+                self._failed(account, FundingState.FAILED, str(exc))
+                raise
+            await self._reread(provider, result.block_number)
+            if account.funding is FundingState.FUNDING:
+                account.funding = FundingState.OK
+            self._retry_at.pop(provider.lower(), None)
+            self._ledger_when_low.pop(provider.lower(), None)
+            self._emit(Funded(provider, amount, result.tx_hash, manual=manual))
+            self._on_funded(provider)
+            return result
+
+    def _affordable(self, account: SubAccount, amount: int) -> int:
+        """What the ledger can pay of ``amount``; raises FundingError when it cannot pay enough to matter."""
+        accounts = self._accounts
+        new_provider = not account.exists and account.provider.lower() not in accounts.funded_providers
+        if new_provider and len(accounts.funded_providers) >= MAX_PROVIDERS_PER_SERVICE:
+            message = (
+                f"the wallet already funds {MAX_PROVIDERS_PER_SERVICE} providers, the contract's cap; "
+                "refund one to make room"
+            )
+            self._failed(account, FundingState.PROVIDER_CAP, message)
+            raise FundingError(FundingState.PROVIDER_CAP, message)
+        ledger = accounts.ledger_available
+        if ledger >= amount:
+            return amount
+        # Enough to open the account, or to bring an existing one back to serving, is worth sending.
+        needed = MIN_TRANSFER if not account.exists else max(1, -account.available)
+        message = (
+            f"the ledger has {ledger / NEURON_PER_0G:.6f} 0G available, short of the "
+            f"{amount / NEURON_PER_0G:.6f} 0G top-up; deposit more to the ledger"
+        )
+        if ledger < needed:
+            self._failed(account, FundingState.LEDGER_LOW, message)
+            raise FundingError(FundingState.LEDGER_LOW, message)
+        self._emit(FundingFailed(account.provider, FundingState.LEDGER_LOW.value, message))
+        return ledger
+
+    async def _acknowledge(self, account: SubAccount) -> TxResult | None:
+        try:
+            result = await self._chain.acknowledge_tee_signer(account.provider, True)
+        except ChainError as exc:
+            self._failed(account, FundingState.FAILED, f"acknowledging the provider failed: {exc}")
+            return None
+        await self._reread(account.provider, result.block_number)
+        return result
+
+    async def _reread(self, provider: str, block: int) -> None:
+        """Take the sub-account and ledger as they are right after our transaction."""
+        chain, accounts = self._chain, self._accounts
+        sub = await chain.get_account(self._user, provider, block=block)
+        accounts.observe(
+            provider,
+            position=(block, END_OF_BLOCK),
+            exists=sub is not None,
+            balance=sub.balance if sub else 0,
+            pending_refund=sub.pending_refund if sub else 0,
+            acknowledged=sub.acknowledged if sub else False,
+        )
+        ledger = await chain.get_ledger(self._user, block=block)
+        if ledger is not None:
+            funded = accounts.funded_providers | {provider.lower()}
+            accounts.observe_ledger(
+                block=block, available=ledger.available_balance, total=ledger.total_balance, providers=funded
+            )
+
+    def _failed(self, account: SubAccount, state: FundingState, detail: str) -> None:
+        key = account.provider.lower()
+        account.funding, account.funding_detail = state, detail
+        if state is FundingState.FAILED:
+            self._retry_at[key] = self._clock() + self._options.funding_retry
+        else:
+            self._ledger_when_low[key] = self._accounts.ledger_available
+        self._emit(FundingFailed(account.provider, state.value, detail))
+
+
+def _state_of(exc: ContractRevert) -> FundingState:
+    if exc.name in ("InsufficientAvailableBalance", "LedgerNotExists"):
+        return FundingState.LEDGER_LOW
+    if exc.name == "TooManyProvidersForService":
+        return FundingState.PROVIDER_CAP
+    return FundingState.FAILED

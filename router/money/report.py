@@ -1,0 +1,67 @@
+"""Views of the wallet's money and the pool for the admin API, the CLI and the library. Pure functions.
+
+Amounts are decimal strings of neuron (JSON numbers lose precision past 2**53).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.pool.accounting import Accounts, FundingState, SubAccount
+from router.pool.catalog import provider_detail
+from router.pool.providers import Pool
+
+ALERT_STATES = (FundingState.LEDGER_LOW, FundingState.PROVIDER_CAP, FundingState.FAILED)
+
+
+def account_view(account: SubAccount) -> dict[str, Any]:
+    return {
+        "provider": account.provider,
+        "exists": account.exists,
+        "acknowledged": account.acknowledged,
+        "balance": str(account.balance),
+        "pending_refund": str(account.pending_refund),
+        "unsettled": str(account.unsettled),
+        "unsettled_provider": str(account.provider_unsettled),
+        "unsettled_ours": str(account.our_unsettled),
+        "reserved": str(account.reserved),
+        "available": str(account.available),
+        "spent": str(account.spent),
+        "settled": str(account.settled),
+        "funding": account.funding.value,
+        "funding_detail": account.funding_detail or None,
+    }
+
+
+def balance_report(accounts: Accounts, wallet: str, watcher_block: int | None) -> dict[str, Any]:
+    """The ledger, every sub-account we know, and the funding alerts."""
+    subs = sorted(accounts, key=lambda a: a.provider.lower())
+    return {
+        "wallet": wallet,
+        "ledger": {
+            "available": str(accounts.ledger_available),
+            "total": str(accounts.ledger_total),
+            "block": accounts.ledger_block,
+            "funded_providers": len(accounts.funded_providers),
+        },
+        "accounts": [account_view(a) for a in subs],
+        "alerts": [
+            {"provider": a.provider, "state": a.funding.value, "detail": a.funding_detail}
+            for a in subs
+            if a.funding in ALERT_STATES
+        ],
+        "watcher_block": watcher_block,
+    }
+
+
+def providers_report(pool: Pool, accounts: Accounts | None, now: float) -> list[dict[str, Any]]:
+    """Every provider in the pool: what it serves, its limits and health, and our balance there."""
+    report = []
+    for state in sorted(pool, key=lambda s: s.id.lower()):
+        detail = provider_detail(state, now)
+        detail["models"] = list(state.info.models)
+        detail["limiter"] = {"in_flight": state.gate.in_flight, "has_token": state.gate.has_token()}
+        account = accounts.get(state.id) if accounts is not None else None
+        detail["balance"] = account_view(account) if account is not None else None
+        report.append(detail)
+    return report
