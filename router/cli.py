@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     devnet.add_argument(
         "--api-key", help="the gateway's API key with --serve (default: a random one, printed)"
     )
+    devnet.add_argument(
+        "--admin-key", help="the gateway's admin key with --serve (default: a random one, printed)"
+    )
     _logging_flags(devnet)
     devnet.set_defaults(run=_run_devnet)
 
@@ -92,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the OpenAI-compatible gateway over a 0G network",
         description="Serve the gateway. Configuration: a TOML file (--config or ZG_ROUTER_CONFIG), then "
         "ZG_ROUTER_* variables: ZG_ROUTER_NETWORK, ZG_ROUTER_RPC_URLS, ZG_ROUTER_PRIVATE_KEY or "
-        "ZG_ROUTER_PRIVATE_KEY_FILE, ZG_ROUTER_API_KEYS, ZG_ROUTER_HOST, ZG_ROUTER_PORT.",
+        "ZG_ROUTER_PRIVATE_KEY_FILE, ZG_ROUTER_API_KEYS, ZG_ROUTER_ADMIN_KEYS, ZG_ROUTER_HOST, "
+        "ZG_ROUTER_PORT.",
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -100,6 +104,34 @@ def _parser() -> argparse.ArgumentParser:
     _logging_flags(serve)
     serve.add_argument("--log-json", action="store_true", help="log JSON lines")
     serve.set_defaults(run=_run_serve)
+
+    for name, summary in (
+        ("balance", "the wallet's ledger and every provider sub-account (balance, available, unsettled)"),
+        ("providers", "the pool: models, limits, health and our balance at each provider"),
+        ("fund", "move 0G from the ledger to a provider's sub-account"),
+        ("refund", "queue refunds of provider sub-accounts (and stop funding them)"),
+    ):
+        admin = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}, through a running gateway's admin API. "
+            "Set ZG_ROUTER_URL (default http://127.0.0.1:8080) and ZG_ROUTER_ADMIN_KEY.",
+        )
+        admin.add_argument("--url", help="the gateway's base URL (default: $ZG_ROUTER_URL or 127.0.0.1:8080)")
+        admin.add_argument("--admin-key", help="an admin key (prefer $ZG_ROUTER_ADMIN_KEY: ps shows flags)")
+        admin.add_argument("--json", action="store_true", help="print the API's JSON answer")
+        if name == "fund":
+            admin.add_argument("--provider", required=True, help="the provider's address")
+            admin.add_argument("--amount", required=True, help="how much 0G, such as 1.5")
+        if name == "refund":
+            admin.add_argument(
+                "--provider",
+                action="append",
+                dest="providers",
+                metavar="ADDRESS",
+                help="a provider to refund; repeat for more (default: every funded provider)",
+            )
+        admin.set_defaults(run=_run_admin, command=name)
     return parser
 
 
@@ -113,6 +145,12 @@ async def _run_serve(args: argparse.Namespace) -> int:
     from router.server.command import run_serve
 
     return await run_serve(args)
+
+
+async def _run_admin(args: argparse.Namespace) -> int:
+    from router.server.admin_command import run_admin
+
+    return await run_admin(args)
 
 
 async def _run_devnet(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from router.client import Router
-from router.config import DiscoveryOptions, GatewayConfig, RouterConfig
+from router.config import DiscoveryOptions, GatewayConfig, MoneyOptions, RouterConfig
 from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, dev_private_key
 from router.devnet.simulator.spec import ProviderSpec
 from router.observability.logging import configure_logging
@@ -76,30 +76,37 @@ def devnet_router_config(devnet: Devnet) -> RouterConfig:
         private_key=dev_private_key(USER_KEY_INDEX),
         transport=TransportOptions(allow_private_targets=True),
         discovery=DiscoveryOptions(event_poll_interval=1.0, probe_interval=1.0),
+        # The simulators settle every few seconds: follow them closely.
+        money=MoneyOptions(balance_interval=5.0, watch_interval=1.0),
     )
 
 
 async def _run_devnet_gateway(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, json=args.json)
     api_key = args.api_key or "sk-devnet-" + secrets.token_hex(16)
-    gateway_config = GatewayConfig(host="127.0.0.1", port=args.gateway_port, api_keys=(api_key,))
+    admin_key = args.admin_key or "zg-admin-devnet-" + secrets.token_hex(16)
+    gateway_config = GatewayConfig(
+        host="127.0.0.1", port=args.gateway_port, api_keys=(api_key,), admin_keys=(admin_key,)
+    )
     async with Devnet(devnet_config(args)) as devnet:
         summary = devnet_summary(devnet)
 
         def announce(router: Router, gateway: Gateway) -> None:
-            summary["gateway"] = {"url": gateway.url + "/v1", "api_key": api_key}
+            summary["gateway"] = {"url": gateway.url + "/v1", "api_key": api_key, "admin_key": admin_key}
             if args.json:
                 print(json.dumps(summary), flush=True)
             else:
                 _print_readable(summary, devnet.ready_seconds)
-                print(_try_it(gateway.url + "/v1", api_key, devnet.providers[0].spec.model), flush=True)
+                model = devnet.providers[0].spec.model
+                print(_try_it(gateway.url, api_key, admin_key, model), flush=True)
 
         await serve(devnet_router_config(devnet), gateway_config, announce=announce)
     print("devnet stopped", file=sys.stderr)
     return 0
 
 
-def _try_it(url: str, api_key: str, model: str) -> str:
+def _try_it(base: str, api_key: str, admin_key: str, model: str) -> str:
+    url = base + "/v1"
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     return f"""
 Try it (Ctrl-C stops the gateway and the devnet):
@@ -113,6 +120,10 @@ Try it (Ctrl-C stops the gateway and the devnet):
   reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
   print(reply.choices[0].message.content)
   EOF
+
+Balances and providers (admin key {admin_key}):
+
+  ZG_ROUTER_URL={base} ZG_ROUTER_ADMIN_KEY={admin_key} .venv/bin/zg-router balance
 """
 
 

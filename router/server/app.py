@@ -21,11 +21,16 @@ from router.client import Router
 from router.config import GatewayConfig
 from router.dispatch import Endpoint, Reply, StreamReply
 from router.errors import ConfigError, RequestFailed, Unauthorized
+from router.server.admin import add_admin_routes
 from router.server.wire import error_json, error_response, parse_json_request, parse_multipart_request
 
 ROUTER = web.AppKey("router", Router)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_OUR_PATHS = {f"/v1{e.path}" for e in Endpoint} | {"/v1/models", "/healthz", "/readyz"}
+_OUR_PATHS = (
+    {f"/v1{e.path}" for e in Endpoint}
+    | {"/v1/models", "/healthz", "/readyz"}
+    | {f"/admin/{name}" for name in ("balance", "providers", "fund", "refund")}
+)
 _log = structlog.get_logger("router.gateway")
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
@@ -86,6 +91,7 @@ def make_app(router: Router, config: GatewayConfig) -> web.Application:
     app.router.add_get("/v1/models", guard(_models))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    add_admin_routes(app, ROUTER, config.admin_keys)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 

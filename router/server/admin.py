@@ -1,0 +1,153 @@
+"""The admin API: the wallet's balances, the pool, and moving money, behind admin-scoped keys.
+
+    GET  /admin/balance     ledger, every sub-account, funding alerts
+    GET  /admin/providers   the pool: models, prices, limits, health, in-flight, our balance at each
+    POST /admin/fund        {"provider": "0x…", "amount": "1.5"}   (0G) ledger → sub-account
+    POST /admin/refund      {"providers": ["0x…"]} (optional; default every funded provider)
+
+Gateway API keys do not open these routes: only the keys in ``admin_keys`` do, and with none configured
+the routes answer 403. Errors are OpenAI-shaped like the rest of the gateway.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from router.client import Router
+from router.errors import ChainError, ChainUnavailable, ContractRevert, RouterError
+from router.money.funder import FundingError
+from router.server.wire import error_json
+from router.types import NEURON_PER_0G, TxResult
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_MAX_BODY = 64 * 1024
+
+AdminHandler = Callable[[web.Request, Router], Awaitable[web.Response]]
+
+
+def add_admin_routes(
+    app: web.Application, router_key: web.AppKey[Router], admin_keys: tuple[str, ...]
+) -> None:
+    """Register the admin routes; only ``admin_keys`` (as Bearer tokens) may call them."""
+    keys = tuple(k.encode() for k in admin_keys)
+
+    def guarded(handler: AdminHandler) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def run(request: web.Request) -> web.Response:
+            if not keys:
+                return _error(
+                    403,
+                    "the admin API is off: set [gateway] admin_keys or ZG_ROUTER_ADMIN_KEYS",
+                    "permission_error",
+                    "admin_disabled",
+                )
+            if not _authorized(request.headers.get("Authorization"), keys):
+                return _error(
+                    401, "missing or invalid admin key", "authentication_error", "invalid_admin_key"
+                )
+            try:
+                return await handler(request, request.app[router_key])
+            except _BadInput as exc:
+                return _error(400, str(exc), "invalid_request_error", "invalid_admin_request")
+            except FundingError as exc:
+                return _error(409, str(exc), "funding_error", exc.state.value)
+            except ContractRevert as exc:
+                return _error(409, str(exc), "funding_error", exc.name)
+            except ChainUnavailable as exc:
+                return _error(503, str(exc), "chain_unavailable", "chain_unavailable")
+            except (ChainError, RouterError) as exc:
+                return _error(502, str(exc), "chain_error", "chain_error")
+
+        return run
+
+    app.router.add_get("/admin/balance", guarded(_balance))
+    app.router.add_get("/admin/providers", guarded(_providers))
+    app.router.add_post("/admin/fund", guarded(_fund))
+    app.router.add_post("/admin/refund", guarded(_refund))
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
+    scheme, _, token = (header or "").partition(" ")
+    given = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return scheme.lower() == "bearer" and matched
+
+
+async def _balance(request: web.Request, router: Router) -> web.Response:
+    return web.json_response(router.balances())
+
+
+async def _providers(request: web.Request, router: Router) -> web.Response:
+    return web.json_response({"providers": router.providers()})
+
+
+async def _fund(request: web.Request, router: Router) -> web.Response:
+    body = await _json_body(request)
+    provider = body.get("provider")
+    if not isinstance(provider, str) or not _ADDRESS.match(provider):
+        raise _BadInput("`provider` must be a provider address (0x and 40 hex digits)")
+    amount = parse_amount(body.get("amount"))
+    result = await router.fund(provider, amount)
+    return web.json_response({"provider": provider, "amount": str(amount), **_tx(result)})
+
+
+async def _refund(request: web.Request, router: Router) -> web.Response:
+    body = await _json_body(request, optional=True)
+    providers = body.get("providers")
+    if providers is not None and (
+        not isinstance(providers, list)
+        or not providers
+        or not all(isinstance(p, str) and _ADDRESS.match(p) for p in providers)
+    ):
+        raise _BadInput("`providers` must be a non-empty list of provider addresses")
+    results = await router.refund(providers)
+    return web.json_response({"transactions": [_tx(r) for r in results]})
+
+
+def parse_amount(raw: object) -> int:
+    """An amount of 0G (a decimal string or number, up to 18 decimals) in neuron; must be positive."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise _BadInput('`amount` must be an amount of 0G, such as "1.5"')
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        raise _BadInput(f"`amount` is not a number: {str(raw)[:40]!r}") from None
+    neuron = value * NEURON_PER_0G
+    if not value.is_finite() or neuron <= 0 or neuron != neuron.to_integral_value():
+        raise _BadInput("`amount` must be positive, with at most 18 decimals")
+    return int(neuron)
+
+
+async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.content.read(_MAX_BODY + 1)
+    if len(raw) > _MAX_BODY:
+        raise _BadInput("the request body is too large")
+    if not raw and optional:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _BadInput("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise _BadInput("the request body must be a JSON object")
+    return body
+
+
+def _tx(result: TxResult) -> dict[str, Any]:
+    return {"tx_hash": result.tx_hash, "block": result.block_number}
+
+
+def _error(status: int, message: str, kind: str, code: str) -> web.Response:
+    return error_json(status, message, kind, code=code)

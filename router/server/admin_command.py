@@ -1,0 +1,127 @@
+"""``zg-router balance | providers | fund | refund``: the admin API of a running gateway, from a shell.
+
+Money moves through the gateway's own transaction signer (one nonce sequence per wallet), never from a
+second process with the same key. The gateway's URL comes from ``--url`` or ``ZG_ROUTER_URL``; the admin
+key from ``ZG_ROUTER_ADMIN_KEY`` (or ``--admin-key``, which other users of the machine can see in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import aiohttp
+
+from router.errors import ConfigError, RouterError
+from router.types import NEURON_PER_0G
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+_TIMEOUT = aiohttp.ClientTimeout(total=180)
+
+
+class AdminRequestFailed(RouterError):
+    """The gateway refused or could not carry out an admin request."""
+
+
+async def run_admin(args: argparse.Namespace) -> int:
+    method, path, body = _request_of(args)
+    reply = await admin_request(args, method, path, body)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        print(_render(args.command, reply))
+    return 0
+
+
+async def admin_request(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None
+) -> dict[str, Any]:
+    base = (args.url or os.environ.get("ZG_ROUTER_URL") or DEFAULT_URL).rstrip("/")
+    key = args.admin_key or os.environ.get("ZG_ROUTER_ADMIN_KEY")
+    if not key:
+        raise ConfigError("no admin key: set ZG_ROUTER_ADMIN_KEY (or pass --admin-key)")
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=_TIMEOUT) as session,
+            session.request(method, base + path, json=body, headers=headers) as response,
+        ):
+            text = await response.text()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise AdminRequestFailed(f"cannot reach the gateway at {base}: {exc or type(exc).__name__}") from None
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        raise AdminRequestFailed(f"{base}{path} answered {status} with a non-JSON body") from None
+    if status >= 300:
+        error = reply.get("error") if isinstance(reply, dict) else None
+        message = error.get("message") if isinstance(error, dict) else text[:200]
+        raise AdminRequestFailed(f"{status}: {message}")
+    if not isinstance(reply, dict):
+        raise AdminRequestFailed(f"{base}{path} answered something other than a JSON object")
+    return reply
+
+
+def _request_of(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    if args.command == "balance":
+        return "GET", "/admin/balance", None
+    if args.command == "providers":
+        return "GET", "/admin/providers", None
+    if args.command == "fund":
+        return "POST", "/admin/fund", {"provider": args.provider, "amount": args.amount}
+    return "POST", "/admin/refund", {"providers": args.providers} if args.providers else {}
+
+
+def _render(command: str, reply: dict[str, Any]) -> str:
+    if command == "balance":
+        return _render_balance(reply)
+    if command == "providers":
+        return _render_providers(reply["providers"])
+    if command == "fund":
+        return f"funded {reply['provider']} with {og(reply['amount'])} 0G (tx {reply['tx_hash']})"
+    txs = reply["transactions"]
+    return (
+        "\n".join(f"refund requested (tx {tx['tx_hash']}, block {tx['block']})" for tx in txs)
+        or "nothing to refund"
+    )
+
+
+def _render_balance(reply: dict[str, Any]) -> str:
+    ledger = reply["ledger"]
+    lines = [
+        f"wallet  {reply['wallet']}",
+        f"ledger  available {og(ledger['available'])} 0G, total {og(ledger['total'])} 0G, "
+        f"{ledger['funded_providers']} provider(s) funded",
+        "",
+        f"{'PROVIDER':<44}{'BALANCE':>14}{'AVAILABLE':>14}{'UNSETTLED':>14}{'PENDING':>14}  FUNDING",
+    ]
+    for a in reply["accounts"]:
+        lines.append(
+            f"{a['provider']:<44}{og(a['balance']):>14}{og(a['available']):>14}"
+            f"{og(a['unsettled']):>14}{og(a['pending_refund']):>14}  {a['funding']}"
+        )
+    for alert in reply["alerts"]:
+        lines.append(f"ALERT {alert['provider']} {alert['state']}: {alert['detail']}")
+    return "\n".join(lines)
+
+
+def _render_providers(providers: list[dict[str, Any]]) -> str:
+    lines = [f"{'PROVIDER':<44}{'MODELS':<24}{'BREAKER':<11}{'LIMITS':<12}{'IN-FLIGHT':>10}{'AVAILABLE':>14}"]
+    for p in providers:
+        limits = p["limits"]
+        rpm = f"{limits['requests_per_minute']:g}/{limits['burst']}/{limits['max_concurrent']}"
+        balance = p.get("balance")
+        available = og(balance["available"]) if balance else "-"
+        models = ",".join(p["models"])
+        lines.append(
+            f"{p['id']:<44}{models[:23]:<24}{p['health']['breaker']:<11}{rpm:<12}{p['in_flight']:>10}{available:>14}"
+        )
+    return "\n".join(lines)
+
+
+def og(neuron: str | int) -> str:
+    """Neuron (a decimal string) as 0G with 6 decimals."""
+    return f"{int(neuron) / NEURON_PER_0G:.6f}"
