@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,34 @@ async def funded_client(
     await chain.add_ledger(10 * NEURON)
     await chain.transfer_fund(provider.address, sub_account)
     return Client(provider, chain, SessionTokens(chain), http)
+
+
+class EventLog:
+    """A router observer that keeps every event and lets a test await one that matches.
+
+    ``await log.wait_for(lambda e: isinstance(e, Funded), within=10)`` returns the first matching event,
+    past or future; it fails the test (TimeoutError) if none comes in time. No sleeping: it wakes on the
+    event itself.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, match: Callable[[Any], bool], within: float) -> Any:
+        seen = 0
+        async with asyncio.timeout(within):
+            while True:
+                for event in self.events[seen:]:
+                    if match(event):
+                        return event
+                seen = len(self.events)
+                self._changed.clear()
+                await self._changed.wait()
