@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from router.client import Router
-from router.errors import ChainError, ChainUnavailable, ContractRevert, RouterError
+from router.errors import ChainError, ChainUnavailable, ConfigError, ContractRevert, RouterError
 from router.money.funder import FundingError
 from router.server.wire import error_json
 from router.types import NEURON_PER_0G, TxResult
@@ -59,6 +59,8 @@ def add_admin_routes(
                 return _error(409, str(exc), "funding_error", exc.state.value)
             except ContractRevert as exc:
                 return _error(409, str(exc), "funding_error", exc.name)
+            except ConfigError as exc:
+                return _error(409, str(exc), "invalid_request_error", "no_wallet")
             except ChainUnavailable as exc:
                 return _error(503, str(exc), "chain_unavailable", "chain_unavailable")
             except (ChainError, RouterError) as exc:
