@@ -283,7 +283,7 @@ class Dispatcher:
                 reserves[info.id] = reserve
                 covered.append(state)
         if not covered:
-            raise InsufficientFunds(_unfunded_message(call, ranked, accounts), code="insufficient_balance")
+            raise _unfunded(call, ranked, accounts)
         return covered
 
     async def _exchange(
@@ -564,16 +564,21 @@ def _no_wait(state: RetryCallState) -> float:
     return 0.0
 
 
-def _unfunded_message(call: Call, ranked: list[ProviderState], accounts: Accounts) -> str:
+def _unfunded(call: Call, ranked: list[ProviderState], accounts: Accounts) -> InsufficientFunds:
+    """The 402 for a call no candidate can pay for, saying why and what helps."""
     states = {a.funding for s in ranked if (a := accounts.get(s.id)) is not None}
     message = (
         f"none of the {len(ranked)} provider(s) of {call.model!r} has the balance to cover this request "
         "(each keeps 1 0G locked plus unsettled fees)"
     )
     if FundingState.FUNDING in states:
-        return message + "; top-ups are under way, retry in a few seconds"
+        return InsufficientFunds(
+            message + "; top-ups are under way, retry in a few seconds",
+            code="insufficient_balance",
+            headers={"Retry-After": "2"},
+        )
     if FundingState.LEDGER_LOW in states:
-        return message + "; the wallet's ledger is too low to top them up: deposit 0G to the ledger"
-    if FundingState.OFF in states:
-        return message + "; auto-funding is off: fund them with `zg-router fund`"
-    return message
+        message += "; the wallet's ledger is too low to top them up: deposit 0G to the ledger"
+    elif FundingState.OFF in states:
+        message += "; auto-funding is off: fund them with `zg-router fund`"
+    return InsufficientFunds(message, code="insufficient_balance")

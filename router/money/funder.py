@@ -10,6 +10,7 @@ the ledger grows: no loop of failing transactions. An unacknowledged sub-account
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 
 from router.chain.client import ChainClient
@@ -76,47 +77,51 @@ class Funder:
         """Fund (or acknowledge) every provider that needs it, concurrently, one transaction each."""
         due = self.due()
         if due:
-            await asyncio.gather(*(self._auto(provider, amount) for provider, amount in due))
+            await asyncio.gather(*(self._auto(provider) for provider, _ in due))
 
     def due(self) -> list[tuple[str, int]]:
         """(provider, amount) for each chain provider to fund now; amount 0 means acknowledge only."""
-        options, accounts, now = self._options, self._accounts, self._clock()
-        fund_to = options.fund_to_neuron
-        due: list[tuple[str, int]] = []
+        if not self._options.auto_fund:
+            for state in self._pool:
+                if state.info.kind is ProviderKind.CHAIN:
+                    self._accounts.of(state.id).funding = FundingState.OFF
+            return []
+        due = []
         for state in self._pool:
-            if state.info.kind is not ProviderKind.CHAIN:
-                continue
-            account = accounts.of(state.id)
-            key = state.id.lower()
-            if not options.auto_fund:
-                account.funding = FundingState.OFF
-                continue
-            if account.funding is FundingState.DRAINING or now < self._retry_at.get(key, 0.0):
-                continue
-            if accounts.ledger_available <= self._ledger_when_low.get(key, -1):
-                continue
-            if not account.exists:
-                if options.fund_new_providers:
-                    due.append((state.id, fund_to + MINIMUM_LOCKED + account.unsettled + account.reserved))
-            elif account.available < options.fund_below_neuron:
-                due.append((state.id, fund_to - account.available))
-            elif not account.acknowledged:
-                due.append((state.id, 0))
+            if state.info.kind is ProviderKind.CHAIN and (amount := self._need(state.id)) is not None:
+                due.append((state.id, amount))
         return due
+
+    def _need(self, provider: str) -> int | None:
+        """What ``provider`` needs now: an amount, 0 to acknowledge only, or None for nothing."""
+        options, accounts = self._options, self._accounts
+        account = accounts.of(provider)
+        key = provider.lower()
+        if account.funding is FundingState.DRAINING or self._clock() < self._retry_at.get(key, 0.0):
+            return None
+        if accounts.ledger_available <= self._ledger_when_low.get(key, -1):
+            return None
+        if not account.exists:
+            if not options.fund_new_providers:
+                return None
+            return options.fund_to_neuron + MINIMUM_LOCKED + account.unsettled + account.reserved
+        if account.available < options.fund_below_neuron:
+            return options.fund_to_neuron - account.available
+        return 0 if not account.acknowledged else None
 
     async def fund(self, provider: str, amount: int) -> TxResult:
         """An operator's transfer of ``amount`` neuron to ``provider`` (ends a drain); raises on failure."""
-        account = self._accounts.of(provider)
-        if account.funding is FundingState.DRAINING:
-            account.funding = FundingState.OK
-        result = await self._transfer(provider, amount, manual=True)
-        assert result is not None
-        return result
+        async with self._lock(provider):
+            account = self._accounts.of(provider)
+            if account.funding is FundingState.DRAINING:
+                account.funding = FundingState.OK
+            return await self._send(account, amount, manual=True)
 
     async def drain(self, providers: Sequence[str]) -> list[TxResult]:
         """Refund ``providers`` (``retrieveFund``, 20 per call) and stop funding them until funded by hand.
 
         A queued refund takes the provider's whole balance out of service at once (protocol.md §7.2).
+        Marked first, so no top-up starts; a top-up already under way lands before the refund is asked.
         """
         for provider in providers:
             account = self._accounts.of(provider)
@@ -124,44 +129,54 @@ class Funder:
         results = []
         for start in range(0, len(providers), MAX_PROVIDERS_PER_RETRIEVE):
             chunk = providers[start : start + MAX_PROVIDERS_PER_RETRIEVE]
-            result = await self._chain.retrieve_fund(chunk)
-            for provider in chunk:
-                await self._reread(provider, result.block_number)
+            async with contextlib.AsyncExitStack() as held:
+                for provider in sorted({p.lower() for p in chunk}):
+                    await held.enter_async_context(self._lock(provider))
+                result = await self._chain.retrieve_fund(chunk)
+                for provider in chunk:
+                    await self._reread(provider, result.block_number)
             results.append(result)
         return results
 
-    async def _auto(self, provider: str, amount: int) -> None:
-        try:
-            await self._transfer(provider, amount, manual=False)
-        except ChainError:
-            # Already recorded on the account and reported.
-            return
-
-    async def _transfer(self, provider: str, amount: int, *, manual: bool) -> TxResult | None:
-        lock = self._locks.setdefault(provider.lower(), asyncio.Lock())
-        async with lock:
+    async def _auto(self, provider: str) -> None:
+        async with self._lock(provider):
+            # Decided again under the lock: a transfer that held it may have changed everything.
+            amount = self._need(provider)
+            if amount is None:
+                return
             account = self._accounts.of(provider)
             if amount == 0:
-                return await self._acknowledge(account)
-            if not manual:
-                amount = self._affordable(account, amount)
-            account.funding, account.funding_detail = FundingState.FUNDING, ""
+                await self._acknowledge(account)
+                return
             try:
-                result = await self._chain.transfer_fund(provider, amount)
-            except ContractRevert as exc:
-                self._failed(account, _state_of(exc), str(exc))
-                raise FundingError(_state_of(exc), str(exc)) from None
-            except ChainError as exc:
-                self._failed(account, FundingState.FAILED, str(exc))
-                raise
-            await self._reread(provider, result.block_number)
-            if account.funding is FundingState.FUNDING:
-                account.funding = FundingState.OK
-            self._retry_at.pop(provider.lower(), None)
-            self._ledger_when_low.pop(provider.lower(), None)
-            self._emit(Funded(provider, amount, result.tx_hash, manual=manual))
-            self._on_funded(provider)
-            return result
+                await self._send(account, self._affordable(account, amount), manual=False)
+            except ChainError:
+                # Already recorded on the account and reported.
+                return
+
+    def _lock(self, provider: str) -> asyncio.Lock:
+        return self._locks.setdefault(provider.lower(), asyncio.Lock())
+
+    async def _send(self, account: SubAccount, amount: int, *, manual: bool) -> TxResult:
+        """Under the provider's lock: one ``transferFund``, then the account as the chain has it."""
+        provider = account.provider
+        account.funding, account.funding_detail = FundingState.FUNDING, ""
+        try:
+            result = await self._chain.transfer_fund(provider, amount)
+        except ContractRevert as exc:
+            self._failed(account, _state_of(exc), str(exc))
+            raise FundingError(_state_of(exc), str(exc)) from None
+        except ChainError as exc:
+            self._failed(account, FundingState.FAILED, str(exc))
+            raise
+        await self._reread(provider, result.block_number)
+        if account.funding is FundingState.FUNDING:
+            account.funding = FundingState.OK
+        self._retry_at.pop(provider.lower(), None)
+        self._ledger_when_low.pop(provider.lower(), None)
+        self._emit(Funded(provider, amount, result.tx_hash, manual=manual))
+        self._on_funded(provider)
+        return result
 
     def _affordable(self, account: SubAccount, amount: int) -> int:
         """What the ledger can pay of ``amount``; raises FundingError when it cannot pay enough to matter."""
