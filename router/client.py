@@ -25,7 +25,7 @@ from router.chain.wallet import Wallet
 from router.config import RouterConfig
 from router.discovery import Discovery, Prober, static_infos
 from router.dispatch import Call, Dispatcher, Endpoint, Reply, StreamReply, max_output
-from router.errors import AllAttemptsFailed, ConfigError, RouterError
+from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError
 from router.money.balances import BalanceSync
 from router.money.funder import Funder
 from router.money.report import balance_report, providers_report
@@ -313,8 +313,20 @@ class Router:
     async def fund(self, provider: str, amount: int) -> TxResult:
         """Move ``amount`` neuron from the ledger to ``provider``'s sub-account (through the funder, so it
         never races an automatic top-up). Raises ``ChainError`` if the chain refuses."""
-        self._money_accounts()
+        accounts = self._money_accounts()
         assert self._funder is not None
+        if not 0 < amount < 2**256:
+            raise InvalidRequest(f"cannot fund {amount} neuron: the amount must be positive", param="amount")
+        state = self.pool.get(provider)
+        known = state is not None and state.info.kind is ProviderKind.CHAIN
+        if not known and (account := accounts.get(provider)) is not None:
+            known = account.exists
+        if not known:
+            raise InvalidRequest(
+                f"{provider} is not a provider in the pool (nor one we hold a sub-account at)",
+                param="provider",
+                code="unknown_provider",
+            )
         return await self._funder.fund(provider, amount)
 
     async def refund(self, providers: Sequence[str] | None = None) -> list[TxResult]:

@@ -6,6 +6,7 @@ Secrets (the wallet key, API keys) are fields with ``repr=False``, so a config p
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -127,6 +128,15 @@ class MoneyOptions:
     default_max_tokens: int = 4096
 
     def __post_init__(self) -> None:
+        numbers = (
+            self.fund_below,
+            self.fund_to,
+            self.funding_retry,
+            self.balance_interval,
+            self.watch_interval,
+        )
+        if not all(math.isfinite(n) for n in numbers):
+            raise ConfigError("[money] amounts and intervals must be finite numbers")
         if not 0 <= self.fund_below <= self.fund_to:
             raise ConfigError("[money] needs 0 <= fund_below <= fund_to")
         if min(self.funding_retry, self.balance_interval, self.watch_interval) <= 0:

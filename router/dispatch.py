@@ -257,6 +257,12 @@ class Dispatcher:
         slot = _Slot(self._admission, state, hold)
         try:
             return await self._exchange(call, state, slot, attempt, started)
+        except asyncio.CancelledError:
+            if slot.sent and slot.cost is None:
+                # The provider bills what it generated even if we stop listening (protocol.md §10):
+                # book the reserve, an upper bound, until its own figure says otherwise.
+                slot.cost = hold.amount
+            raise
         finally:
             slot.release()
 
@@ -295,6 +301,7 @@ class Dispatcher:
             headers = {"Content-Type": call.content_type}
             if authorization := await self._authorize(info):
                 headers["Authorization"] = authorization
+            slot.sent = True
             upstream = await self._transport.send(
                 info,
                 call.endpoint.path,
@@ -436,13 +443,14 @@ class _Slot:
     """A taken admission slot and the request's balance hold, released exactly once (or handed over to a
     stream, which releases them). ``cost`` is booked against the hold on release."""
 
-    __slots__ = ("_admission", "_held", "cost", "hold", "state")
+    __slots__ = ("_admission", "_held", "cost", "hold", "sent", "state")
 
     def __init__(self, admission: Admission, state: ProviderState, hold: Hold) -> None:
         self._admission = admission
         self.state = state
         self.hold = hold
         self.cost: int | None = None
+        self.sent = False
         self._held = True
 
     def hand_over(self) -> _Slot:
@@ -540,7 +548,9 @@ class StreamReply:
             return
         self._finished = True
         self._upstream.close()
-        self._slot.cost = self.cost
+        # A stream cut short (or without usage) is still billed for what was generated: book the
+        # reserve, an upper bound, until the provider's own unsettled figure says otherwise.
+        self._slot.cost = self.cost if self.cost is not None else self._slot.hold.amount
         self._slot.release()
         self._finish(status, self.cost, error)
 

@@ -120,6 +120,9 @@ class BalanceSync:
 
     async def _unsettled_of(self, state: ProviderState) -> None:
         base = state.info.base_url.removesuffix("/v1/proxy")
+        account = self._accounts.of(state.id)
+        quiet_before = account.reserved == 0
+        spent_before = account.spent
         try:
             authorization = await self._authorize(state.id)
             doc = await self._transport.get_json(
@@ -139,5 +142,10 @@ class BalanceSync:
         except ValueError:
             self._emit(BackgroundError("unsettled-fee", f"{state.id}: no unsettledFee in the answer"))
             return
-        if amount >= 0:
-            self._accounts.of(state.id).provider_unsettled = amount
+        if amount < 0:
+            return
+        account.provider_unsettled = amount
+        if quiet_before and account.reserved == 0 and account.spent == spent_before:
+            # Nothing of ours was in flight there while it answered: its figure is the truth, and
+            # replaces our estimate (which books a cut-short request's whole reserve).
+            account.our_unsettled = amount

@@ -160,14 +160,26 @@ class Funder:
     async def _send(self, account: SubAccount, amount: int, *, manual: bool) -> TxResult:
         """Under the provider's lock: one ``transferFund``, then the account as the chain has it."""
         provider = account.provider
+        before = account.funding, account.funding_detail
         account.funding, account.funding_detail = FundingState.FUNDING, ""
         try:
             result = await self._chain.transfer_fund(provider, amount)
         except ContractRevert as exc:
-            self._failed(account, _state_of(exc), str(exc))
-            raise FundingError(_state_of(exc), str(exc)) from None
+            if exc.name == "InsufficientAvailableBalance" and exc.error_args:
+                # The chain's figure, fresher than ours: wait for the ledger to grow past it.
+                self._accounts.ledger_available = int(str(exc.error_args[0]))
+            message = _revert_message(exc)
+            if manual:
+                # An operator's refused request is answered, not turned into an alert or a pause.
+                account.funding, account.funding_detail = before
+            else:
+                self._failed(account, _state_of(exc), message)
+            raise FundingError(_state_of(exc), message) from None
         except ChainError as exc:
-            self._failed(account, FundingState.FAILED, str(exc))
+            if manual:
+                account.funding, account.funding_detail = before
+            else:
+                self._failed(account, FundingState.FAILED, str(exc))
             raise
         await self._reread(provider, result.block_number)
         if account.funding is FundingState.FUNDING:
@@ -211,6 +223,9 @@ class Funder:
             self._failed(account, FundingState.FAILED, f"acknowledging the provider failed: {exc}")
             return None
         await self._reread(account.provider, result.block_number)
+        if account.funding is FundingState.FAILED:
+            account.funding, account.funding_detail = FundingState.OK, ""
+        self._retry_at.pop(account.provider.lower(), None)
         return result
 
     async def _reread(self, provider: str, block: int) -> None:
@@ -240,6 +255,16 @@ class Funder:
         else:
             self._ledger_when_low[key] = self._accounts.ledger_available
         self._emit(FundingFailed(account.provider, state.value, detail))
+
+
+def _revert_message(exc: ContractRevert) -> str:
+    if exc.name == "InsufficientAvailableBalance" and len(exc.error_args) == 2:
+        available, required = (int(str(a)) for a in exc.error_args)
+        return (
+            f"the ledger has {available / NEURON_PER_0G:.6f} 0G available, short of the "
+            f"{required / NEURON_PER_0G:.6f} 0G transfer; deposit more to the ledger"
+        )
+    return str(exc)
 
 
 def _state_of(exc: ContractRevert) -> FundingState:

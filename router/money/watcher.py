@@ -3,7 +3,7 @@
 Each pass reads the logs of ``[cursor, head - confirmations]`` (at most ``MAX_RANGE`` blocks), applies them
 all synchronously, and only then moves the cursor: a pass that fails part-way applies nothing and is
 simply retried, from the same block, with a growing back-off while the RPC is down. Logs are keyed by
-(transaction, index) and a key is applied once; balances carry their chain position, so a replayed or
+(transaction, place in it) and a key is applied once; balances carry their chain position, so a replayed or
 late log never overwrites a newer view. Before each pass the hash of the last applied block is checked;
 if the chain reorganised under it, the cursor steps back and the balances are re-read.
 
@@ -40,7 +40,7 @@ from router.pool.accounting import Accounts
 MAX_RANGE = 2_000
 # How far back to step on a reorg, and how long applied keys are remembered (in blocks).
 REWIND = 64
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 10.0
 
 
 class SettlementWatcher:
@@ -84,13 +84,14 @@ class SettlementWatcher:
                 if not failing:
                     self._emit(BackgroundError("settlement-watcher", str(exc)))
                 failing = True
-                delay = min(MAX_BACKOFF, delay * 2)
+                delay = min(MAX_BACKOFF, max(delay, self._interval) * 2)
                 continue
             failing = False
             delay = self._interval if caught_up else 0
 
     async def step(self) -> bool:
-        """One pass; True when it reached the confirmed head."""
+        """One pass; True when it reached the confirmed head. The range's end hash is read before and
+        after its logs, so logs from a fork that vanished meanwhile are never applied."""
         chain = self._chain
         head = await chain.block_number()
         self.head = head
@@ -103,8 +104,11 @@ class SettlementWatcher:
         if safe < self.cursor:
             return True
         to_block = min(safe, self.cursor + MAX_RANGE - 1)
-        logs = await chain.money_logs(self._user, self.cursor, to_block)
         to_hash = await chain.block_hash(to_block)
+        logs = await chain.money_logs(self._user, self.cursor, to_block)
+        if await chain.block_hash(to_block) != to_hash:
+            # The chain moved under the read (a reorg, or a failover to a node on another fork): again.
+            return False
         self._apply(logs)
         self.cursor = to_block + 1
         self._last = (to_block, to_hash) if to_hash is not None else None
@@ -120,15 +124,20 @@ class SettlementWatcher:
         self._on_resync()
 
     def _apply(self, logs: list[MoneyLog]) -> None:
-        by_tx: dict[str, list[MoneyLog]] = defaultdict(list)
+        by_tx: dict[str, dict[int, MoneyLog]] = defaultdict(dict)
         for log in logs:
-            if (log.tx_hash, log.log_index) in self._applied:
-                continue
-            self._applied[(log.tx_hash, log.log_index)] = log.block
-            self.applied_logs += 1
-            by_tx[log.tx_hash].append(log)
-        for tx_logs in by_tx.values():
-            self._apply_tx(tx_logs)
+            # A node may repeat a log in one answer; its block index tells the copies apart.
+            by_tx[log.tx_hash].setdefault(log.log_index, log)
+        for tx_hash, indexed in by_tx.items():
+            tx_logs = [indexed[index] for index in sorted(indexed)]
+            # A log is its transaction and its place in it: that survives a transaction being re-mined
+            # elsewhere after a reorg (its block index would not).
+            fresh = [log for n, log in enumerate(tx_logs) if (tx_hash, n) not in self._applied]
+            for n in range(len(tx_logs)):
+                self._applied.setdefault((tx_hash, n), tx_logs[0].block)
+            self.applied_logs += len(fresh)
+            if fresh:
+                self._apply_tx(fresh)
 
     def _apply_tx(self, logs: list[MoneyLog]) -> None:
         accounts = self._accounts

@@ -15,19 +15,32 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from router.client import Router
-from router.errors import ChainError, ChainUnavailable, ConfigError, ContractRevert, RouterError
+from router.errors import (
+    ChainError,
+    ChainUnavailable,
+    ConfigError,
+    ContractRevert,
+    RequestFailed,
+    RouterError,
+)
 from router.money.funder import FundingError
 from router.server.wire import error_json
 from router.types import NEURON_PER_0G, TxResult
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _MAX_BODY = 64 * 1024
+# More 0G than exists: anything above is a typo, and never a uint256 surprise for the chain layer.
+MAX_AMOUNT_0G = 10**12
+_NEURON_STEP = Decimal(1).scaleb(-18)
+
+_log = structlog.get_logger("router.admin")
 
 AdminHandler = Callable[[web.Request, Router], Awaitable[web.Response]]
 
@@ -61,10 +74,16 @@ def add_admin_routes(
                 return _error(409, str(exc), "funding_error", exc.name)
             except ConfigError as exc:
                 return _error(409, str(exc), "invalid_request_error", "no_wallet")
+            except RequestFailed as exc:
+                return _error(exc.status, exc.message, exc.type, exc.code or "invalid_admin_request")
             except ChainUnavailable as exc:
                 return _error(503, str(exc), "chain_unavailable", "chain_unavailable")
             except (ChainError, RouterError) as exc:
                 return _error(502, str(exc), "chain_error", "chain_error")
+            except Exception:
+                # A bug of ours: the log gets the traceback, the caller an OpenAI-shaped 500.
+                _log.exception("admin request failed", path=request.path)
+                return _error(500, "internal error in the admin API", "api_error", "internal_error")
 
         return run
 
@@ -124,12 +143,13 @@ def parse_amount(raw: object) -> int:
         raise _BadInput('`amount` must be an amount of 0G, such as "1.5"')
     try:
         value = Decimal(str(raw))
-    except InvalidOperation:
+    except ArithmeticError:
         raise _BadInput(f"`amount` is not a number: {str(raw)[:40]!r}") from None
-    neuron = value * NEURON_PER_0G
-    if not value.is_finite() or neuron <= 0 or neuron != neuron.to_integral_value():
+    if value.is_finite() and value >= MAX_AMOUNT_0G:
+        raise _BadInput(f"`amount` must be less than {MAX_AMOUNT_0G} 0G")
+    if not value.is_finite() or value <= 0 or value != value.quantize(_NEURON_STEP, rounding=ROUND_DOWN):
         raise _BadInput("`amount` must be positive, with at most 18 decimals")
-    return int(neuron)
+    return int(value * NEURON_PER_0G)
 
 
 async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -124,4 +125,4 @@ def _render_providers(providers: list[dict[str, Any]]) -> str:
 
 def og(neuron: str | int) -> str:
     """Neuron (a decimal string) as 0G with 6 decimals."""
-    return f"{int(neuron) / NEURON_PER_0G:.6f}"
+    return f"{Decimal(int(neuron)) / NEURON_PER_0G:.6f}"

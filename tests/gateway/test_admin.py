@@ -1,24 +1,458 @@
-import json
+"""The admin API (/admin/balance, /admin/providers, /admin/fund, /admin/refund) on a live gateway.
+
+Each test opens a second gateway with an admin key over the ``serve`` fixture's router, so the first gateway
+(API key only) shows the admin API switched off. The chain is the witness for every move of money: balances
+are read back from the contracts, and "nothing sent" means the wallet's nonce did not move.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from router.chain.client import ChainClient
 from router.config import GatewayConfig
+from router.observability.logging import LogObserver
 from router.server.app import Gateway
-from tests.gateway.conftest import API_KEY, ServeFactory
+from tests.gateway.conftest import API_KEY, Served, ServeFactory
+from tests.gateway.support import WRONG_KEY, Answer, assert_error, send
 from tests.support import NEURON
 
-ADMIN = "zg-admin-test-" + "0123456789abcdef" * 2
+ADMIN_KEY = "zg-admin-test-" + "0123456789abcdef" * 2
+ROUTES = (
+    ("GET", "/admin/balance"),
+    ("GET", "/admin/providers"),
+    ("POST", "/admin/fund"),
+    ("POST", "/admin/refund"),
+)
+TX_HASH = re.compile(r"^0x[0-9a-f]{64}$")
+NOT_AN_OBJECT = "the request body must be a JSON object"
+BAD_PROVIDER = "`provider` must be a provider address (0x and 40 hex digits)"
+BAD_AMOUNT = "`amount` must be positive, with at most 18 decimals"
+NOT_AN_AMOUNT = '`amount` must be an amount of 0G, such as "1.5"'
+BAD_PROVIDERS = "`providers` must be a non-empty list of provider addresses"
+MAX_BODY = 64 * 1024
 
 
-async def test_probe(serve: ServeFactory) -> None:
+@dataclass
+class Admin:
+    """A served router with a second gateway that takes ``ADMIN_KEY``, and a chain reader."""
+
+    served: Served
+    url: str
+    chain: ChainClient
+
+    @property
+    def wallet(self) -> str:
+        return self.served.wallet.address
+
+    def provider(self, index: int) -> str:
+        return self.served.devnet.providers[index].address
+
+    async def call(self, method: str, path: str, *, key: str | None = ADMIN_KEY, **kwargs: Any) -> Answer:
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        return await send(self.served, method, path, url=self.url, headers=headers, **kwargs)
+
+    async def view(self) -> dict[str, Any]:
+        answer = await self.call("GET", "/admin/balance")
+        assert answer.status == 200, answer.text
+        return dict(answer.json())
+
+    async def nonce(self) -> int:
+        return int(await self.chain.w3.eth.get_transaction_count(self.served.wallet.address))
+
+    async def ledger_available(self) -> int:
+        ledger = await self.chain.get_ledger(self.wallet)
+        assert ledger is not None
+        return ledger.available_balance
+
+    async def balance_at(self, index: int) -> tuple[int, int]:
+        """(balance, pending refund) of our sub-account at provider ``index``, from the chain."""
+        account = await self.chain.get_account(self.wallet, self.provider(index))
+        assert account is not None
+        return account.balance, account.pending_refund
+
+
+@pytest.fixture
+async def admin(serve: ServeFactory) -> AsyncIterator[Admin]:
     served = await serve()
-    async with Gateway(served.router, GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN,), shutdown_timeout=0.5)) as gw:
-        h = {"Authorization": f"Bearer {ADMIN}"}
-        out = {}
-        for m, p, body in [("GET", "/admin/balance", None), ("GET", "/admin/providers", None),
-                           ("POST", "/admin/fund", {"provider": served.devnet.providers[0].address, "amount": "100"}),
-                           ("POST", "/admin/fund", {"provider": "0x" + "11" * 20, "amount": "1"}),
-                           ("POST", "/admin/refund", {"providers": [served.devnet.providers[1].address]}),
-                           ("GET", "/admin/balance", None),
-                           ("POST", "/admin/fund", {"provider": served.devnet.providers[0].address, "amount": "0.5"}),
-                           ]:
-            async with served.http.request(m, gw.url + p, json=body, headers=h) as r:
-                out[f"{m} {p} {body}"] = (r.status, await r.json())
-        open("/tmp/probe/out.json", "w").write(json.dumps(out, indent=1))
+    config = GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,), shutdown_timeout=0.5)
+    async with Gateway(served.router, config) as gateway:
+        yield Admin(served, gateway.url, await served.devnet.open_client())
+
+
+def account_of(view: dict[str, Any], provider: str) -> dict[str, Any]:
+    (account,) = [a for a in view["accounts"] if a["provider"] == provider]
+    return dict(account)
+
+
+def amounts(view: dict[str, Any]) -> dict[str, Any]:
+    """The money in a balance view: the ledger's and each account's amounts, without states or blocks."""
+    fields = ("balance", "pending_refund", "unsettled", "reserved", "available", "spent", "settled")
+    return {
+        "ledger": (view["ledger"]["available"], view["ledger"]["total"]),
+        "accounts": {a["provider"]: tuple(a[f] for f in fields) for a in view["accounts"]},
+    }
+
+
+class TestAccess:
+    @pytest.mark.parametrize(("method", "path"), ROUTES)
+    async def test_route_refuses_anything_but_an_admin_key(
+        self, admin: Admin, method: str, path: str
+    ) -> None:
+        """No key, a wrong key, the gateway's API key, the admin key under another scheme or cut short: each
+        gets 401 invalid_admin_key, and a refused fund or refund sends no transaction."""
+        nonce = await admin.nonce()
+        body = {"provider": admin.provider(0), "amount": "1"}
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {WRONG_KEY}"},
+            {"Authorization": f"Bearer {API_KEY}"},
+            {"Authorization": f"Basic {ADMIN_KEY}"},
+            {"Authorization": ADMIN_KEY},
+            {"Authorization": f"Bearer {ADMIN_KEY[:-1]}"},
+        ):
+            answer = await send(admin.served, method, path, url=admin.url, headers=headers, json=body)
+            assert_error(
+                answer,
+                401,
+                "authentication_error",
+                "missing or invalid admin key",
+                code="invalid_admin_key",
+                request_id=False,
+            )
+        assert await admin.nonce() == nonce
+
+    async def test_routes_answer_403_on_a_gateway_without_admin_keys(self, admin: Admin) -> None:
+        """The ``serve`` gateway has API keys only: every admin route says the admin API is off (403
+        admin_disabled), whatever key is sent, and nothing is sent to the chain."""
+        nonce = await admin.nonce()
+        for method, path in ROUTES:
+            for key in (ADMIN_KEY, API_KEY, None):
+                answer = await send(
+                    admin.served,
+                    method,
+                    path,
+                    headers={"Authorization": f"Bearer {key}"} if key else {},
+                    json={"provider": admin.provider(0), "amount": "1"},
+                )
+                assert_error(
+                    answer,
+                    403,
+                    "permission_error",
+                    "the admin API is off: set [gateway] admin_keys or ZG_ROUTER_ADMIN_KEYS",
+                    code="admin_disabled",
+                    request_id=False,
+                )
+        assert await admin.nonce() == nonce
+
+    async def test_an_admin_key_does_not_open_the_openai_routes(self, admin: Admin) -> None:
+        """Admin keys and API keys are separate: the admin key gets 401 on /v1/models, the API key works."""
+        answer = await admin.call("GET", "/v1/models")
+        assert_error(answer, 401, "authentication_error", "invalid API key", code="invalid_api_key")
+        assert (await admin.call("GET", "/v1/models", key=API_KEY)).status == 200
+
+
+class TestViews:
+    async def test_balance_lists_wallet_ledger_and_each_provider_as_on_chain(self, admin: Admin) -> None:
+        """/admin/balance names the wallet, shows the ledger and one account per provider (sorted by
+        address), every amount a decimal string of neuron equal to what the contracts hold; no alerts."""
+        view = await admin.view()
+        assert view["wallet"] == admin.wallet
+        ledger = await admin.chain.get_ledger(admin.wallet)
+        assert ledger is not None
+        providers = admin.served.devnet.providers
+        assert view["ledger"]["available"] == str(ledger.available_balance) == str(8 * NEURON)
+        assert view["ledger"]["total"] == str(ledger.total_balance) == str(20 * NEURON)
+        assert view["ledger"]["funded_providers"] == len(providers)
+        assert [a["provider"] for a in view["accounts"]] == sorted(
+            (p.address for p in providers), key=str.lower
+        )
+        for index, provider in enumerate(providers):
+            account = account_of(view, provider.address)
+            chain_account = await admin.chain.get_account(admin.wallet, provider.address)
+            assert chain_account is not None
+            assert account["exists"] is True
+            assert account["acknowledged"] is chain_account.acknowledged is True
+            assert account["balance"] == str(chain_account.balance) == str(2 * NEURON), index
+            assert account["pending_refund"] == str(chain_account.pending_refund) == "0"
+            assert account["available"] == str(NEURON)  # the balance less the 1 0G the contract locks
+            assert account["funding"] == "ok"
+            assert account["funding_detail"] is None
+            for field in (
+                "unsettled",
+                "unsettled_provider",
+                "unsettled_ours",
+                "reserved",
+                "spent",
+                "settled",
+            ):
+                assert account[field] == "0", field
+        assert view["alerts"] == []
+        assert isinstance(view["watcher_block"], int)
+
+    async def test_providers_lists_models_limits_health_and_balance(self, admin: Admin) -> None:
+        """/admin/providers has every provider once with its model, prices, limits, a closed breaker,
+        nothing in flight, and our balance there."""
+        answer = await admin.call("GET", "/admin/providers")
+        assert answer.status == 200, answer.text
+        listed = {p["id"]: p for p in answer.json()["providers"]}
+        devnet_providers = admin.served.devnet.providers
+        assert len(listed) == len(devnet_providers)
+        for provider in devnet_providers:
+            spec, entry = provider.spec, listed[provider.address]
+            assert entry["kind"] == "chain"
+            assert entry["models"] == [spec.model]
+            assert entry["service_type"] == spec.service_type
+            assert entry["pricing"] == {"prompt": str(spec.input_price), "completion": str(spec.output_price)}
+            assert entry["limits"] == {
+                "requests_per_minute": spec.limits.requests_per_minute,
+                "burst": spec.limits.burst,
+                "max_concurrent": spec.limits.max_concurrent,
+            }
+            assert entry["health"]["breaker"] == "closed"
+            assert entry["in_flight"] == 0
+            assert entry["excluded"] is None
+            assert entry["balance"]["provider"] == provider.address
+            assert entry["balance"]["balance"] == str(2 * NEURON)
+            assert entry["balance"]["available"] == str(NEURON)
+
+
+class TestFund:
+    @pytest.mark.parametrize(
+        ("amount", "neuron"),
+        [("0.5", NEURON // 2), (1, NEURON), ("0.000000000000000001", 1), (0.25, NEURON // 4)],
+    )
+    async def test_fund_moves_exactly_the_amount(self, admin: Admin, amount: object, neuron: int) -> None:
+        """A fund of a 0G amount (string or JSON number, down to 18 decimals) grows the sub-account on chain
+        by exactly that many neuron, takes it from the ledger, and the balance view shows it at once."""
+        before, _ = await admin.balance_at(1)
+        ledger = await admin.ledger_available()
+        answer = await admin.call(
+            "POST", "/admin/fund", json={"provider": admin.provider(1), "amount": amount}
+        )
+        assert answer.status == 200, answer.text
+        reply = answer.json()
+        assert reply.keys() == {"provider", "amount", "tx_hash", "block"}
+        assert reply["provider"] == admin.provider(1)
+        assert reply["amount"] == str(neuron)
+        assert TX_HASH.match(reply["tx_hash"])
+        assert (await admin.balance_at(1))[0] == before + neuron
+        assert await admin.ledger_available() == ledger - neuron
+        view = await admin.view()
+        assert account_of(view, admin.provider(1))["balance"] == str(before + neuron)
+        assert account_of(view, admin.provider(1))["funding"] == "ok"
+        assert view["ledger"]["available"] == str(ledger - neuron)
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            pytest.param(b"{not json", NOT_AN_OBJECT, id="not-json"),
+            pytest.param(b"", NOT_AN_OBJECT, id="empty"),
+            pytest.param(b'["0x", "1"]', NOT_AN_OBJECT, id="not-an-object"),
+            pytest.param(b'"fund"', NOT_AN_OBJECT, id="a-string"),
+            pytest.param(b'{"amount": "1"}', BAD_PROVIDER, id="no-provider"),
+            pytest.param(b'{"provider": "0x1234", "amount": "1"}', BAD_PROVIDER, id="short-address"),
+            pytest.param(b'{"provider": "0x' + b"g" * 40 + b'", "amount": "1"}', BAD_PROVIDER, id="not-hex"),
+            pytest.param(b'{"provider": 12345, "amount": "1"}', BAD_PROVIDER, id="address-number"),
+            pytest.param(b'{"provider": "P0", "amount": "abc"}', "`amount` is not a number: 'abc'", id="abc"),
+            pytest.param(b'{"provider": "P0", "amount": "-1"}', BAD_AMOUNT, id="negative"),
+            pytest.param(b'{"provider": "P0", "amount": -0.5}', BAD_AMOUNT, id="negative-number"),
+            pytest.param(b'{"provider": "P0", "amount": "0"}', BAD_AMOUNT, id="zero"),
+            pytest.param(b'{"provider": "P0", "amount": 0}', BAD_AMOUNT, id="zero-number"),
+            pytest.param(
+                b'{"provider": "P0", "amount": "0.0000000000000000001"}', BAD_AMOUNT, id="19-decimals"
+            ),
+            pytest.param(
+                b'{"provider": "P0", "amount": "1.0000000000000000005"}', BAD_AMOUNT, id="1-and-dust"
+            ),
+            pytest.param(b'{"provider": "P0", "amount": "NaN"}', BAD_AMOUNT, id="nan"),
+            pytest.param(b'{"provider": "P0", "amount": "Infinity"}', BAD_AMOUNT, id="infinity"),
+            pytest.param(b'{"provider": "P0", "amount": true}', NOT_AN_AMOUNT, id="bool"),
+            pytest.param(b'{"provider": "P0", "amount": null}', NOT_AN_AMOUNT, id="null"),
+            pytest.param(b'{"provider": "P0"}', NOT_AN_AMOUNT, id="no-amount"),
+            pytest.param(b'{"provider": "P0", "amount": ["1"]}', NOT_AN_AMOUNT, id="list"),
+            pytest.param(
+                b'{"provider": "P0", "amount": "' + b"1" * MAX_BODY + b'"}',
+                "the request body is too large",
+                id="huge-body",
+            ),
+        ],
+    )
+    async def test_bad_input_is_400_and_sends_nothing(self, admin: Admin, body: bytes, message: str) -> None:
+        """Each malformed fund request gets 400 invalid_admin_request with a message naming what is wrong,
+        sends no transaction, and leaves the ledger as it was."""
+        body = body.replace(b"P0", admin.provider(0).encode())
+        nonce, ledger, view = await admin.nonce(), await admin.ledger_available(), await admin.view()
+        answer = await send(
+            admin.served,
+            "POST",
+            "/admin/fund",
+            url=admin.url,
+            data=body,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+        )
+        assert_error(
+            answer, 400, "invalid_request_error", message, code="invalid_admin_request", request_id=False
+        )
+        assert await admin.nonce() == nonce
+        assert await admin.ledger_available() == ledger
+        assert await admin.view() == view
+
+    @pytest.mark.parametrize(
+        "amount",
+        [
+            pytest.param("sNaN", id="signalling-nan"),
+            pytest.param("1e999999", id="past-decimal-range"),
+            pytest.param("1e60", id="past-uint256"),
+        ],
+    )
+    async def test_amounts_no_transaction_can_carry_are_400(self, admin: Admin, amount: str) -> None:
+        """An amount that is a number but no transaction can carry (a signalling NaN, one past the decimal
+        range, one past uint256) is bad input like any other: 400 JSON, nothing sent, and the provider's
+        funding state is left as it was (not stuck at "funding")."""
+        nonce, view = await admin.nonce(), await admin.view()
+        answer = await admin.call(
+            "POST", "/admin/fund", json={"provider": admin.provider(0), "amount": amount}
+        )
+        assert answer.status == 400, answer.text
+        assert answer.headers["Content-Type"].startswith("application/json"), answer.text
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert answer.json()["error"]["code"] == "invalid_admin_request"
+        assert await admin.nonce() == nonce
+        assert await admin.view() == view
+
+    async def test_funding_more_than_the_ledger_holds_is_409(self, admin: Admin) -> None:
+        """A fund larger than the ledger's available balance is refused by the chain: 409 funding_error
+        (ledger_low) naming what the ledger has and what was asked, and no money moves."""
+        ledger = await admin.ledger_available()
+        before = await admin.balance_at(0)
+        view = await admin.view()
+        answer = await admin.call(
+            "POST", "/admin/fund", json={"provider": admin.provider(0), "amount": "100"}
+        )
+        assert answer.status == 409, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == "funding_error"
+        assert error["code"] == "ledger_low"
+        assert f"the ledger has {ledger / NEURON:.6f} 0G available" in error["message"]
+        assert "short of the 100.000000 0G transfer" in error["message"]
+        assert await admin.ledger_available() == ledger
+        assert await admin.balance_at(0) == before
+        assert amounts(await admin.view()) == amounts(view)
+
+    async def test_a_refused_manual_fund_leaves_the_funding_state_alone(self, admin: Admin) -> None:
+        """An operator's too-large fund says nothing about the ledger's ability to pay top-ups: the balance
+        view after the 409 is the view before it (funding "ok", no ledger_low alert that would pause the
+        provider's automatic top-ups until the ledger grows)."""
+        view = await admin.view()
+        answer = await admin.call(
+            "POST", "/admin/fund", json={"provider": admin.provider(0), "amount": "100"}
+        )
+        assert answer.status == 409, answer.text
+        after = await admin.view()
+        assert account_of(after, admin.provider(0))["funding"] == "ok"
+        assert after["alerts"] == []
+        assert after == view
+
+    async def test_fund_ends_a_drain(self, admin: Admin) -> None:
+        """Funding a provider by hand after a refund puts its funding state back to "ok"."""
+        answer = await admin.call("POST", "/admin/refund", json={"providers": [admin.provider(2)]})
+        assert answer.status == 200, answer.text
+        assert account_of(await admin.view(), admin.provider(2))["funding"] == "draining"
+        answer = await admin.call("POST", "/admin/fund", json={"provider": admin.provider(2), "amount": "1"})
+        assert answer.status == 200, answer.text
+        assert account_of(await admin.view(), admin.provider(2))["funding"] == "ok"
+
+
+class TestRefund:
+    async def test_refund_of_one_provider_queues_its_whole_balance(self, admin: Admin) -> None:
+        """A refund for one provider queues its whole balance on chain (pendingRefund == balance), marks it
+        "draining" in the balance view, and leaves every other provider alone."""
+        answer = await admin.call("POST", "/admin/refund", json={"providers": [admin.provider(1)]})
+        assert answer.status == 200, answer.text
+        (tx,) = answer.json()["transactions"]
+        assert TX_HASH.match(tx["tx_hash"])
+        assert isinstance(tx["block"], int)
+        balance, pending = await admin.balance_at(1)
+        assert pending == balance == 2 * NEURON
+        view = await admin.view()
+        drained = account_of(view, admin.provider(1))
+        assert drained["funding"] == "draining"
+        assert drained["pending_refund"] == drained["balance"] == str(balance)
+        assert int(drained["available"]) < 0
+        for index, provider in enumerate(admin.served.devnet.providers):
+            if index != 1:
+                assert await admin.balance_at(index) == (2 * NEURON, 0)
+                assert account_of(view, provider.address)["funding"] == "ok"
+
+    async def test_refund_without_a_body_drains_every_funded_provider(self, admin: Admin) -> None:
+        """With no ``providers`` the refund covers every provider we have an account with."""
+        answer = await admin.call("POST", "/admin/refund")
+        assert answer.status == 200, answer.text
+        assert len(answer.json()["transactions"]) == 1
+        view = await admin.view()
+        for index, provider in enumerate(admin.served.devnet.providers):
+            assert await admin.balance_at(index) == (2 * NEURON, 2 * NEURON)
+            assert account_of(view, provider.address)["funding"] == "draining"
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            pytest.param('{"providers": []}', BAD_PROVIDERS, id="empty-list"),
+            pytest.param('{"providers": "P0"}', BAD_PROVIDERS, id="a-string"),
+            pytest.param('{"providers": ["P0", "0x12"]}', BAD_PROVIDERS, id="one-bad-address"),
+            pytest.param('{"providers": [null]}', BAD_PROVIDERS, id="null-address"),
+            pytest.param('["P0"]', NOT_AN_OBJECT, id="not-an-object"),
+            pytest.param("null", NOT_AN_OBJECT, id="null"),
+        ],
+    )
+    async def test_bad_input_is_400_and_sends_nothing(self, admin: Admin, body: str, message: str) -> None:
+        """A malformed refund request gets 400 with a precise message and sends no transaction."""
+        body = body.replace("P0", admin.provider(0))
+        nonce, view = await admin.nonce(), await admin.view()
+        answer = await admin.call("POST", "/admin/refund", data=body)
+        assert_error(
+            answer, 400, "invalid_request_error", message, code="invalid_admin_request", request_id=False
+        )
+        assert await admin.nonce() == nonce
+        assert await admin.view() == view
+
+
+async def test_the_admin_key_is_never_logged_or_echoed(
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Across every admin route, good and bad requests alike, the admin key shows up in no structlog
+    event, no stdlib log record, no response body or header, and not in the gateway config's repr."""
+    admin.served.router.subscribe(LogObserver())
+    caplog.set_level(logging.DEBUG)
+    answers: list[Answer] = []
+    with capture_logs() as events:
+        answers.append(await admin.call("GET", "/admin/balance"))
+        answers.append(await admin.call("GET", "/admin/providers"))
+        answers.append(
+            await admin.call("POST", "/admin/fund", json={"provider": admin.provider(0), "amount": "0.1"})
+        )
+        answers.append(
+            await admin.call("POST", "/admin/fund", json={"provider": admin.provider(0), "amount": "99"})
+        )
+        answers.append(await admin.call("POST", "/admin/fund", json={"provider": "0x1", "amount": "1"}))
+        answers.append(await admin.call("POST", "/admin/refund", json={"providers": [admin.provider(1)]}))
+        answers.append(await admin.call("GET", "/admin/balance", key=ADMIN_KEY + "x"))
+        answers.append(await admin.call("GET", "/v1/models"))
+        answers.append(await admin.call("GET", "/admin/nothing"))
+    assert [a.status for a in answers] == [200, 200, 200, 409, 400, 200, 401, 401, 404]
+    assert [e["manual"] for e in events if e["event"] == "funded"] == [True], events
+    for answer in answers:
+        assert ADMIN_KEY not in answer.text
+        assert all(ADMIN_KEY not in value for value in answer.headers.values())
+    assert ADMIN_KEY not in repr(events)
+    assert ADMIN_KEY not in caplog.text
+    config = GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,))
+    assert ADMIN_KEY not in repr(config)
