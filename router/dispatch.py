@@ -283,6 +283,9 @@ class Dispatcher:
                 reserve = info.pricing.fee(prompt_tokens, 0)
             elif call.endpoint is Endpoint.IMAGES:
                 reserve = info.pricing.fee(0, call.max_output or 1)
+            elif call.endpoint is Endpoint.TRANSCRIPTIONS:
+                # Billed by output (or duration), not by the size of the audio upload.
+                reserve = info.pricing.fee(0, output)
             else:
                 reserve = info.pricing.fee(prompt_tokens, output)
             if accounts.covers(info.id, reserve):
