@@ -16,7 +16,7 @@ import pytest
 from router.chain.devtools import set_balance
 from router.chain.wallet import Wallet
 from router.client import Router
-from router.config import DiscoveryOptions, DispatchOptions, GatewayConfig, RouterConfig
+from router.config import DiscoveryOptions, DispatchOptions, GatewayConfig, MoneyOptions, RouterConfig
 from router.devnet import Devnet, DevnetConfig, ProviderSpec
 from router.devnet.node_tools import NodeModules
 from router.devnet.simulator.faults import Faults
@@ -87,6 +87,9 @@ def router_config(devnet: Devnet, private_key: str, **dispatch: Any) -> RouterCo
         discovery=DiscoveryOptions(event_poll_interval=0.2, probe_interval=0.1),
         health=HealthPolicy(cooldown=0.3, max_cooldown=1.0),
         dispatch=DispatchOptions(**{"request_timeout": 30.0, **dispatch}),
+        # Each wallet starts with 1 0G available at every provider and these tests spend far less: no
+        # top-up transaction runs in the middle of a timing-sensitive test (funding has its own tests).
+        money=MoneyOptions(fund_below=0.5, fund_to=1.0),
     )
 
 
