@@ -5,8 +5,9 @@
     ├── ChainError             anything on the chain side
     │   ├── ChainUnavailable   no RPC URL answered after retries and failover
     │   ├── ContractRevert     a call or transaction reverted; carries the decoded error
-    │   └── TransactionFailed  a transaction was sent but did not succeed (dropped, timed out, reverted
-    │                          without a reason we can decode)
+    │   ├── TransactionFailed  a transaction was sent but did not succeed (dropped, timed out, reverted
+    │   │                      without a reason we can decode)
+    │   └── FundingError       the funder could not fund a provider (ledger too low, 50-provider cap)
     ├── SessionTokenError      a session token cannot be minted (revoked id, unacknowledged account, ...)
     ├── DevnetError            the local devnet could not start or was used wrongly
     ├── ProviderError          one attempt at one provider failed (internal: dispatch fails over)
@@ -66,6 +67,14 @@ class ContractRevert(ChainError):
 
 class TransactionFailed(ChainError):
     """A transaction was sent but did not succeed."""
+
+
+class FundingError(ChainError):
+    """A sub-account could not be funded; ``reason`` is ``ledger_low``, ``provider_cap`` or ``failed``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SessionTokenError(RouterError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from router.chain.client import ChainClient
 from router.config import MoneyOptions
-from router.errors import ChainError, ContractRevert
+from router.errors import ChainError, ContractRevert, FundingError
 from router.money.balances import END_OF_BLOCK
 from router.observability.events import Funded, FundingFailed, Observer
 from router.pool.accounting import MINIMUM_LOCKED, Accounts, FundingState, SubAccount
@@ -25,14 +25,6 @@ from router.types import NEURON_PER_0G, TxResult
 MIN_TRANSFER = NEURON_PER_0G  # the first transfer to a new sub-account (protocol.md §7.1)
 MAX_PROVIDERS_PER_SERVICE = 50
 MAX_PROVIDERS_PER_RETRIEVE = 20
-
-
-class FundingError(ChainError):
-    """A funding request could not be carried out; ``state`` says why (ledger_low, provider_cap, failed)."""
-
-    def __init__(self, state: FundingState, message: str) -> None:
-        super().__init__(message)
-        self.state = state
 
 
 class Funder:
@@ -174,7 +166,7 @@ class Funder:
                 account.funding, account.funding_detail = before
             else:
                 self._failed(account, _state_of(exc), message)
-            raise FundingError(_state_of(exc), message) from None
+            raise FundingError(_state_of(exc).value, message) from None
         except ChainError as exc:
             if manual:
                 account.funding, account.funding_detail = before
@@ -200,7 +192,7 @@ class Funder:
                 "refund one to make room"
             )
             self._failed(account, FundingState.PROVIDER_CAP, message)
-            raise FundingError(FundingState.PROVIDER_CAP, message)
+            raise FundingError(FundingState.PROVIDER_CAP.value, message)
         ledger = accounts.ledger_available
         if ledger >= amount:
             return amount
@@ -212,7 +204,7 @@ class Funder:
         )
         if ledger < needed:
             self._failed(account, FundingState.LEDGER_LOW, message)
-            raise FundingError(FundingState.LEDGER_LOW, message)
+            raise FundingError(FundingState.LEDGER_LOW.value, message)
         self._emit(FundingFailed(account.provider, FundingState.LEDGER_LOW.value, message))
         return ledger
 

@@ -27,10 +27,10 @@ from router.errors import (
     ChainUnavailable,
     ConfigError,
     ContractRevert,
+    FundingError,
     RequestFailed,
     RouterError,
 )
-from router.money.funder import FundingError
 from router.server.wire import error_json
 from router.types import NEURON_PER_0G, TxResult
 
@@ -69,7 +69,7 @@ def add_admin_routes(
             except _BadInput as exc:
                 return _error(400, str(exc), "invalid_request_error", "invalid_admin_request")
             except FundingError as exc:
-                return _error(409, str(exc), "funding_error", exc.state.value)
+                return _error(409, str(exc), "funding_error", exc.reason)
             except ContractRevert as exc:
                 return _error(409, str(exc), "funding_error", exc.name)
             except ConfigError as exc:

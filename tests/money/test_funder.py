@@ -13,9 +13,9 @@ import pytest
 
 from router.chain.client import ChainClient
 from router.config import MoneyOptions
-from router.errors import ChainError, ChainUnavailable, ContractRevert, TransactionFailed
+from router.errors import ChainError, ChainUnavailable, ContractRevert, FundingError, TransactionFailed
 from router.money.balances import END_OF_BLOCK
-from router.money.funder import MAX_PROVIDERS_PER_RETRIEVE, MAX_PROVIDERS_PER_SERVICE, Funder, FundingError
+from router.money.funder import MAX_PROVIDERS_PER_RETRIEVE, MAX_PROVIDERS_PER_SERVICE, Funder
 from router.observability.events import Funded, FundingFailed
 from router.pool.accounting import Accounts, FundingState
 from router.pool.providers import Pool, ProviderInfo, ProviderKind
@@ -465,7 +465,7 @@ class TestFailures:
         h.sync()
         with pytest.raises(FundingError) as caught:
             await h.funder.fund(P, 2 * NEURON)
-        assert caught.value.state is FundingState.LEDGER_LOW
+        assert caught.value.reason == FundingState.LEDGER_LOW.value
         chain.errors = [TransactionFailed("reverted without a reason")]
         with pytest.raises(TransactionFailed):
             await h.funder.fund(P, 2 * NEURON)
