@@ -11,7 +11,6 @@ the routes answer 403. Errors are OpenAI-shaped like the rest of the gateway.
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,7 @@ from router.errors import (
     RequestFailed,
     RouterError,
 )
-from router.server.wire import error_json
+from router.server.wire import bearer_matches, error_json
 from router.types import NEURON_PER_0G, TxResult
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -60,7 +59,7 @@ def add_admin_routes(
                     "permission_error",
                     "admin_disabled",
                 )
-            if not _authorized(request.headers.get("Authorization"), keys):
+            if not bearer_matches(request.headers.get("Authorization"), keys):
                 return _error(
                     401, "missing or invalid admin key", "authentication_error", "invalid_admin_key"
                 )
@@ -95,15 +94,6 @@ def add_admin_routes(
 
 class _BadInput(Exception):
     pass
-
-
-def _authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
-    scheme, _, token = (header or "").partition(" ")
-    given = token.strip().encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    return scheme.lower() == "bearer" and matched
 
 
 async def _balance(request: web.Request, router: Router) -> web.Response:

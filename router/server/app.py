@@ -7,7 +7,6 @@ OpenAI-shaped JSON with the right status; nothing here decides routing.
 from __future__ import annotations
 
 import functools
-import hmac
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,13 @@ from router.config import GatewayConfig
 from router.dispatch import Endpoint, Reply, StreamReply
 from router.errors import ConfigError, RequestFailed, Unauthorized
 from router.server.admin import add_admin_routes
-from router.server.wire import error_json, error_response, parse_json_request, parse_multipart_request
+from router.server.wire import (
+    bearer_matches,
+    error_json,
+    error_response,
+    parse_json_request,
+    parse_multipart_request,
+)
 
 ROUTER = web.AppKey("router", Router)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -133,13 +138,7 @@ def _guarded(
 def _check_key(header: str | None, keys: tuple[bytes, ...]) -> None:
     if not header:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
-    scheme, _, token = header.partition(" ")
-    given = token.strip().encode()
-    # Compare with every key, so the time taken says nothing about which (if any) almost matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    if scheme.lower() != "bearer" or not matched:
+    if not bearer_matches(header, keys):
         raise Unauthorized("invalid API key", code="invalid_api_key")
 
 

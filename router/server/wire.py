@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Mapping
 from email.parser import BytesParser
@@ -96,6 +97,17 @@ def parse_multipart_request(body: bytes, content_type: str, headers: Mapping[str
     if not model:
         raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
     return Parsed(model, body, content_type, False, parse_preferences(None, headers))
+
+
+def bearer_matches(header: str | None, keys: tuple[bytes, ...]) -> bool:
+    """``Authorization: Bearer <one of keys>``? Compared with every key, so the time taken says nothing
+    about which (if any) almost matched."""
+    scheme, _, token = (header or "").partition(" ")
+    given = token.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return scheme.lower() == "bearer" and matched
 
 
 def error_response(error: RequestFailed, extra_headers: Mapping[str, str]) -> web.Response:
