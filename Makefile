@@ -3,9 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo bench clean
+# Debian's packages the tests need beyond Python and Node: Prometheus (its server and promtool) checks
+# the metrics and runs every dashboard query.
+APT_TOOLS := prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup tools test lint demo bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
+
+tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TOOLS); }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +34,7 @@ lint: setup
 	$(BIN)/ruff format --check router tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint tools
 	$(BIN)/pytest
 
 demo: setup

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -96,13 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the gateway. Configuration: a TOML file (--config or ZG_ROUTER_CONFIG), then "
         "ZG_ROUTER_* variables: ZG_ROUTER_NETWORK, ZG_ROUTER_RPC_URLS, ZG_ROUTER_PRIVATE_KEY or "
         "ZG_ROUTER_PRIVATE_KEY_FILE, ZG_ROUTER_API_KEYS, ZG_ROUTER_ADMIN_KEYS, ZG_ROUTER_HOST, "
-        "ZG_ROUTER_PORT.",
+        "ZG_ROUTER_PORT, ZG_ROUTER_METRICS_PORT, ZG_ROUTER_LOG_FORMAT.",
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="listen port (default 8080)")
     _logging_flags(serve)
-    serve.add_argument("--log-json", action="store_true", help="log JSON lines")
     serve.set_defaults(run=_run_serve)
 
     for name, summary in (
@@ -138,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
 def _logging_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default: info"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console", "logfmt"),
+        default=os.environ.get("ZG_ROUTER_LOG_FORMAT"),
+        help="json (machines), console (people), logfmt; default: $ZG_ROUTER_LOG_FORMAT, else console on "
+        "a terminal and json otherwise",
     )
 
 

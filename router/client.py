@@ -24,18 +24,19 @@ from router.chain.session import SessionTokens
 from router.chain.wallet import Wallet
 from router.config import RouterConfig
 from router.discovery import Discovery, Prober, static_infos
-from router.dispatch import Call, Dispatcher, Endpoint, Reply, StreamReply, max_output
+from router.dispatch import Dispatcher
 from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError
 from router.money.balances import BalanceSync
 from router.money.funder import Funder
 from router.money.report import balance_report, providers_report
 from router.money.watcher import SettlementWatcher
-from router.observability.events import BreakerChanged, Event, Observer
+from router.observability.events import BreakerChanged, Event, Observer, RpcFailed
 from router.policy.select import NO_PREFERENCES, Preferences, parse_preferences
 from router.pool.accounting import Accounts
 from router.pool.admission import Admission
 from router.pool.catalog import model_catalog
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
+from router.replies import Call, Endpoint, Reply, StreamReply, max_output
 from router.transport.http import HttpTransport
 from router.types import TxResult
 
@@ -122,7 +123,9 @@ class Router:
         assert config.private_key is not None
         wallet = Wallet(config.private_key)
         self.wallet_address = user = wallet.address
-        chain = await self._stack.enter_async_context(ChainClient(network, wallet))
+        chain = await self._stack.enter_async_context(
+            ChainClient(network, wallet, on_rpc_error=lambda url, detail: self.emit(RpcFailed(url, detail)))
+        )
         tokens = self._tokens = SessionTokens(chain)
         discovery = Discovery(
             chain,
@@ -185,6 +188,16 @@ class Router:
     def now(self) -> float:
         assert self._admission is not None
         return self._admission.now()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the admission queue for a provider slot."""
+        return self._admission.queued if self._admission is not None else 0
+
+    @property
+    def accounts(self) -> Accounts | None:
+        """The wallet's sub-accounts as the router counts them (None without a network)."""
+        return self._accounts
 
     def subscribe(self, observer: Observer) -> None:
         """Receive every event (requests, attempts, refreshes) from now on."""

@@ -195,6 +195,10 @@ class GatewayConfig:
     allow_anonymous: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     shutdown_timeout: float = 10.0
+    # Prometheus metrics at GET /metrics, without a key: on the gateway's port, or on ``metrics_port``
+    # alone (same host) so that the public port does not show them.
+    metrics: bool = True
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.allow_anonymous:
@@ -208,6 +212,13 @@ class GatewayConfig:
             raise ConfigError("an admin key cannot also be an API key: admin keys move money")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if self.metrics_port is not None:
+            if not 0 <= self.metrics_port <= 65535:
+                raise ConfigError(f"metrics_port must be 0-65535, got {self.metrics_port}")
+            if self.metrics_port == self.port != 0:
+                raise ConfigError("metrics_port must differ from port (leave it unset to share the port)")
+            if not self.metrics:
+                raise ConfigError("metrics_port is set but metrics = false")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
         if self.shutdown_timeout < 0:
@@ -265,6 +276,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         gateway_data["host"] = env["ZG_ROUTER_HOST"]
     if "ZG_ROUTER_PORT" in env:
         gateway_data["port"] = _int(env["ZG_ROUTER_PORT"], "ZG_ROUTER_PORT")
+    if "ZG_ROUTER_METRICS_PORT" in env:
+        gateway_data["metrics_port"] = _int(env["ZG_ROUTER_METRICS_PORT"], "ZG_ROUTER_METRICS_PORT")
     return router, _section(GatewayConfig, gateway_data, "gateway")
 
 
@@ -321,6 +334,7 @@ def _upstream(raw: object, env: Mapping[str, str]) -> StaticUpstream:
 _SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
     "bool": ((bool,), "true or false"),
     "int": ((int,), "an integer"),
+    "int | None": ((int,), "an integer"),
     "float": ((int, float), "a number"),
     "str": ((str,), "a string"),
 }

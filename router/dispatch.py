@@ -9,11 +9,8 @@ only once its first event has arrived. The slot goes back exactly once on every 
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -29,72 +26,31 @@ from router.errors import (
 )
 from router.observability.events import AttemptFailed, Observer, RequestFinished
 from router.policy.outcome import Verdict, classify, error_message, reset_seconds
-from router.policy.select import Preferences, eligible, rank
+from router.policy.select import eligible, rank
 from router.pool.accounting import Accounts, FundingState, Hold
 from router.pool.admission import Admission
-from router.pool.pricing import reply_cost
+from router.pool.pricing import Charge, reply_charge
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
+from router.replies import Call, Endpoint, Reply, Slot, StreamReply
 from router.transport.http import HttpTransport, Upstream
-from router.transport.sse import DONE, error_event, is_done, usage_of
-
-
-class Endpoint(enum.Enum):
-    """An OpenAI route we serve: its path under the provider base URL and the 0G service type behind it."""
-
-    CHAT = ("/chat/completions", "chatbot")
-    EMBEDDINGS = ("/embeddings", "embedding")
-    IMAGES = ("/images/generations", "text-to-image")
-    TRANSCRIPTIONS = ("/audio/transcriptions", "speech-to-text")
-
-    def __init__(self, path: str, service_type: str) -> None:
-        self.path = path
-        self.service_type = service_type
-
-
-@dataclass(slots=True)
-class Call:
-    """One request, parsed once. ``body`` is what goes to the provider; ``deadline`` is in clock time;
-    ``max_output`` is the most output it asks for (``max_tokens``, or the image count), if it says."""
-
-    endpoint: Endpoint
-    model: str
-    body: bytes
-    content_type: str
-    stream: bool
-    prefs: Preferences
-    request_id: str
-    deadline: float
-    max_output: int | None = None
-
-
-@dataclass(slots=True)
-class Reply:
-    """A whole (non-streamed) provider reply."""
-
-    status: int
-    body: bytes
-    content_type: str
-    provider: str
-    attempts: int
-    cost: int | None
-    res_key: str | None
-
 
 Authorizer = Callable[[ProviderInfo], Awaitable[str]]
 # Static upstreams are not our 0G money: their requests hold nothing.
 _NO_HOLD = Hold(None, None, 0)
+_NO_CHARGE = Charge(None)
 
 
 class _Run:
     """One request's progress through its attempts."""
 
-    __slots__ = ("_last", "attempts", "call", "counted", "started", "tried")
+    __slots__ = ("_last", "attempts", "call", "counted", "queued", "started", "tried")
 
     def __init__(self, call: Call, started: float) -> None:
         self.call = call
         self.started = started
         self.attempts = 0
         self.counted = 0
+        self.queued = 0.0  # seconds spent waiting for provider slots, over all attempts
         self.tried: set[str] = set()
         self._last: _FailOver | None = None
 
@@ -182,9 +138,9 @@ class Dispatcher:
             error = exc
         except asyncio.CancelledError:
             # The caller went away (a client disconnect cancels the gateway's handler).
-            self._finish(call, started, 499, None, run.attempts, None, None, error="the caller went away")
+            self._finish(run, 499, None, error="the caller went away")
             raise
-        self._finish(call, started, error.status, None, run.attempts, None, None, error=str(error))
+        self._finish(run, error.status, None, error=str(error))
         raise error
 
     def _stop(self, run: _Run) -> Callable[[RetryCallState], bool]:
@@ -204,7 +160,7 @@ class Dispatcher:
     async def _next_attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
         run.attempts += 1
         fresh = [s for s in candidates if s.id not in run.tried] or candidates
-        return await self._attempt(run.call, fresh, run.tried, run.attempts, run.started)
+        return await self._attempt(run, fresh)
 
     def _candidates(self, call: Call) -> list[ProviderState]:
         everyone = self._pool.candidates(call.endpoint.service_type, call.model)
@@ -231,9 +187,8 @@ class Dispatcher:
             )
         return allowed
 
-    async def _attempt(
-        self, call: Call, candidates: list[ProviderState], tried: set[str], attempt: int, started: float
-    ) -> Reply | StreamReply:
+    async def _attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
+        call = run.call
         now = self._admission.now()
         ranked = [
             s for s in rank(candidates, call.prefs, self._options.strategy, self._rng) if s.available(now)
@@ -250,13 +205,16 @@ class Dispatcher:
         if accounts is not None:
             ranked = self._funded(call, ranked, accounts, reserves)
         queue_deadline = min(call.deadline, now + self._options.queue_timeout)
-        state = await self._admission.acquire(ranked, queue_deadline)
-        tried.add(state.id)
+        try:
+            state = await self._admission.acquire(ranked, queue_deadline)
+        finally:
+            run.queued += self._admission.now() - now
+        run.tried.add(state.id)
         reserve = reserves.get(state.id)
         hold = accounts.hold(state.id, reserve) if accounts is not None and reserve is not None else _NO_HOLD
-        slot = _Slot(self._admission, state, hold)
+        slot = Slot(self._admission, state, hold)
         try:
-            return await self._exchange(call, state, slot, attempt, started)
+            return await self._exchange(run, state, slot)
         except asyncio.CancelledError:
             if slot.sent and slot.cost is None:
                 # The provider bills what it generated even if we stop listening (protocol.md §10):
@@ -295,10 +253,8 @@ class Dispatcher:
             raise _unfunded(call, ranked, accounts)
         return covered
 
-    async def _exchange(
-        self, call: Call, state: ProviderState, slot: _Slot, attempt: int, started: float
-    ) -> Reply | StreamReply:
-        info = state.info
+    async def _exchange(self, run: _Run, state: ProviderState, slot: Slot) -> Reply | StreamReply:
+        call, info = run.call, state.info
         sent = self._admission.now()
         try:
             headers = {"Content-Type": call.content_type}
@@ -317,49 +273,43 @@ class Dispatcher:
             raise self._failed(call, state, None, Verdict.UNHEALTHY, str(exc)) from None
         if upstream.status >= 300:
             try:
-                body = await upstream.read()
+                body = _without_key(await upstream.read(), info.api_key)
             except ProviderUnreachable as exc:
                 raise self._failed(call, state, upstream.status, Verdict.UNHEALTHY, str(exc)) from None
             verdict = classify(upstream.status, body, info.kind)
             if verdict is Verdict.CLIENT_ERROR:
                 state.health.record_success()
                 ctype = upstream.headers.get("Content-Type", "application/json")
-                raise UpstreamRejected(upstream.status, body, ctype, provider=info.id, attempts=attempt)
+                raise UpstreamRejected(upstream.status, body, ctype, provider=info.id, attempts=run.attempts)
             if verdict is Verdict.RATE_LIMITED:
                 reset = reset_seconds(upstream.headers.get("x-ratelimit-reset-requests"))
                 state.gate.back_off(self._admission.now() + (reset or self._options.rate_limit_backoff))
             raise self._failed(call, state, upstream.status, verdict, error_message(body))
         if call.stream:
-            return await self._open_stream(call, state, slot, upstream, attempt, started, sent)
+            return await self._open_stream(run, state, slot, upstream, sent)
         try:
             body = await upstream.read()
         except ProviderUnreachable as exc:
             raise self._failed(call, state, 200, Verdict.UNHEALTHY, str(exc)) from None
         done = self._admission.now()
         state.health.record_success(latency=done - sent)
-        cost = reply_cost(info.pricing, body, images=call.endpoint is Endpoint.IMAGES)
-        slot.cost = cost
-        self._finish(call, started, upstream.status, info.id, attempt, cost, None)
+        charge = reply_charge(info.pricing, body, images=call.endpoint is Endpoint.IMAGES)
+        slot.cost = charge.cost
+        self._finish(run, upstream.status, info.id, charge)
         return Reply(
             status=upstream.status,
             body=body,
             content_type=upstream.headers.get("Content-Type", "application/json"),
             provider=info.id,
-            attempts=attempt,
-            cost=cost,
+            attempts=run.attempts,
+            cost=charge.cost,
             res_key=upstream.headers.get("ZG-Res-Key"),
         )
 
     async def _open_stream(
-        self,
-        call: Call,
-        state: ProviderState,
-        slot: _Slot,
-        upstream: Upstream,
-        attempt: int,
-        started: float,
-        sent: float,
+        self, run: _Run, state: ProviderState, slot: Slot, upstream: Upstream, sent: float
     ) -> StreamReply:
+        call = run.call
         events = upstream.events()
         try:
             first = await anext(events)
@@ -372,8 +322,8 @@ class Dispatcher:
             raise
         ttft = self._admission.now() - sent
 
-        def finish(status: int, cost: int | None, error: str | None) -> None:
-            self._finish(call, started, status, state.id, attempt, cost, ttft, error=error)
+        def finish(status: int, charge: Charge, error: str | None) -> None:
+            self._finish(run, status, state.id, charge, ttft=ttft, error=error)
 
         def broken(detail: str) -> None:
             self._emit(AttemptFailed(call.request_id, state.id, "stream_broken", 200, detail[:300]))
@@ -384,7 +334,7 @@ class Dispatcher:
             upstream,
             events,
             first,
-            attempts=attempt,
+            attempts=run.attempts,
             ttft=ttft,
             finish=finish,
             emit_broken=broken,
@@ -416,15 +366,15 @@ class Dispatcher:
 
     def _finish(
         self,
-        call: Call,
-        started: float,
+        run: _Run,
         status: int,
         provider: str | None,
-        attempts: int,
-        cost: int | None,
-        ttft: float | None,
+        charge: Charge = _NO_CHARGE,
+        *,
+        ttft: float | None = None,
         error: str | None = None,
     ) -> None:
+        call = run.call
         self._emit(
             RequestFinished(
                 request_id=call.request_id,
@@ -432,144 +382,25 @@ class Dispatcher:
                 model=call.model,
                 status=status,
                 provider=provider,
-                attempts=attempts,
-                cost=cost,
-                latency=self._admission.now() - started,
+                attempts=run.attempts,
+                cost=charge.cost,
+                latency=self._admission.now() - run.started,
                 ttft=ttft,
                 stream=call.stream,
                 error=error,
+                queued=run.queued,
+                prompt_tokens=charge.prompt_tokens,
+                completion_tokens=charge.completion_tokens,
             )
         )
 
 
-class _Slot:
-    """A taken admission slot and the request's balance hold, released exactly once (or handed over to a
-    stream, which releases them). ``cost`` is booked against the hold on release."""
-
-    __slots__ = ("_admission", "_held", "cost", "hold", "sent", "state")
-
-    def __init__(self, admission: Admission, state: ProviderState, hold: Hold) -> None:
-        self._admission = admission
-        self.state = state
-        self.hold = hold
-        self.cost: int | None = None
-        self.sent = False
-        self._held = True
-
-    def hand_over(self) -> _Slot:
-        moved = _Slot(self._admission, self.state, self.hold)
-        self._held = False
-        return moved
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.hold.close(self.cost)
-            # A probe that never reported (cancelled) must not keep the breaker half-open forever.
-            self.state.health.abandon()
-            self._admission.release(self.state)
-
-
-class StreamReply:
-    """A stream whose first event has arrived. Iterate ``events()`` to the end, or ``aclose()`` it.
-
-    After the first byte there is no failover: a provider failure ends the stream with an OpenAI-shaped
-    error event and ``[DONE]``, never a hang or a silent cut. The slot is released when the stream ends,
-    fails, or is closed early (status 499: the caller went away).
-    """
-
-    def __init__(
-        self,
-        state: ProviderState,
-        slot: _Slot,
-        upstream: Upstream,
-        events: AsyncIterator[bytes],
-        first: bytes,
-        *,
-        attempts: int,
-        ttft: float,
-        finish: Callable[[int, int | None, str | None], None],
-        emit_broken: Callable[[str], None],
-        elapsed: Callable[[], float],
-    ) -> None:
-        self._state = state
-        self._slot = slot
-        self._upstream = upstream
-        self._upstream_events = events
-        self._first = first
-        self._finish = finish
-        self._emit_broken = emit_broken
-        self._elapsed = elapsed
-        self._finished = False
-        self.provider = state.id
-        self.attempts = attempts
-        self.ttft = ttft
-        self.res_key = upstream.headers.get("ZG-Res-Key")
-        self.usage: dict[str, Any] | None = None
-        self.cost: int | None = None
-        self._iterator = self._run()
-
-    def events(self) -> AsyncGenerator[bytes]:
-        """Whole SSE events, ending with ``[DONE]``."""
-        return self._iterator
-
-    async def aclose(self) -> None:
-        """Stop early: drop the upstream connection and free the slot."""
-        await self._iterator.aclose()
-        self._end(499, "the caller closed the stream")
-
-    async def _run(self) -> AsyncGenerator[bytes]:
-        health = self._state.health
-        status: int = 499
-        error: str | None = "the caller closed the stream"
-        try:
-            event: bytes | None = self._first
-            saw_done = False
-            while event is not None:
-                if is_done(event):
-                    saw_done = True
-                elif (usage := usage_of(event)) is not None:
-                    self.usage = usage
-                yield event
-                event = await anext(self._upstream_events, None)
-            if not saw_done:
-                yield DONE
-            health.record_success(latency=self._elapsed(), ttft=self.ttft)
-            self.cost = self._state.info.pricing.usage_fee(self.usage)
-            status, error = 200, None
-        except ProviderUnreachable as exc:
-            status, error = 502, str(exc)
-            health.record_failure()
-            self._emit_broken(error)
-            yield error_event(f"the provider failed mid-stream: {exc}", "stream_interrupted")
-            yield DONE
-        finally:
-            self._end(status, error)
-
-    def _end(self, status: int, error: str | None) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self._upstream.close()
-        # A stream cut short (or without usage) is still billed for what was generated: book the
-        # reserve, an upper bound, until the provider's own unsettled figure says otherwise.
-        self._slot.cost = self.cost if self.cost is not None else self._slot.hold.amount
-        self._slot.release()
-        self._finish(status, self.cost, error)
-
-
-def max_output(endpoint: Endpoint, payload: Mapping[str, Any]) -> int | None:
-    """The most output a request asks for: ``max_completion_tokens``/``max_tokens``, or the image count.
-
-    Used to reserve balance while the request is in flight; a value the provider will reject anyway
-    (not a positive integer) counts as unsaid.
-    """
-    keys = ("n",) if endpoint is Endpoint.IMAGES else ("max_completion_tokens", "max_tokens")
-    for key in keys:
-        value = payload.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+def _without_key(body: bytes, api_key: str | None) -> bytes:
+    """An upstream's error body with our key for it blanked: a careless upstream that echoes the key in an
+    error must not hand it to our caller (in a passed-through 4xx or the 502's message) or to the logs."""
+    if api_key and (key := api_key.encode()) in body:
+        return body.replace(key, b"[redacted]")
+    return body
 
 
 def _no_wait(state: RetryCallState) -> float:

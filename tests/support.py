@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from router.chain.client import ChainClient
 from router.chain.devtools import set_balance
@@ -152,3 +154,27 @@ class EventLog:
                 seen = len(self.events)
                 self._changed.clear()
                 await self._changed.wait()
+
+
+async def funded_wallet(devnet: Devnet) -> tuple[Wallet, str]:
+    """A new wallet (and its key) with a 20 0G ledger and 2 0G at every provider."""
+    key = "0x" + os.urandom(32).hex()
+    wallet = Wallet(key)
+    await set_balance(devnet.owner, wallet.address, 100 * NEURON)
+    chain = await devnet.open_client(wallet)
+    await chain.add_ledger(20 * NEURON)
+    for provider in devnet.providers:
+        await chain.transfer_fund(provider.address, 2 * NEURON)
+    return wallet, key
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port; yields its base URL (``http://127.0.0.1:<port>``)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

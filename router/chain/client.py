@@ -6,7 +6,7 @@ door to the chain for the rest of the router: web3 types and exceptions never le
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -63,12 +63,15 @@ class ChainClient:
         wallet: Wallet | None = None,
         *,
         options: ChainOptions | None = None,
+        on_rpc_error: Callable[[str, str], None] = lambda endpoint, detail: None,
     ) -> None:
+        """``on_rpc_error(endpoint, detail)`` hears each failed JSON-RPC call (``FailoverHTTPProvider``)."""
         if not network.rpc_urls:
             raise ConfigError(f"network {network.name!r} has no RPC URL")
         self.network = network
         self.wallet = wallet
         self._options = options or ChainOptions()
+        self._on_rpc_error = on_rpc_error
         self._decoder = RevertDecoder([LEDGER_MANAGER_ABI, INFERENCE_SERVING_ABI])
         self._session: aiohttp.ClientSession | None = None
         self._w3: AsyncWeb3[Any] | None = None
@@ -98,6 +101,7 @@ class ChainClient:
             attempts=opts.attempts,
             backoff_initial=opts.backoff_initial,
             backoff_max=opts.backoff_max,
+            on_error=self._on_rpc_error,
         )
         self._w3 = w3 = AsyncWeb3(provider)
         chain_id = await self._verified_chain_id()

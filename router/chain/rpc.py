@@ -8,6 +8,7 @@ safe for every method we use, including ``eth_sendRawTransaction`` (the same sig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,9 +53,13 @@ class FailoverHTTPProvider(AsyncJSONBaseProvider):
         attempts: int,
         backoff_initial: float,
         backoff_max: float,
+        on_error: Callable[[str, str], None] = lambda endpoint, detail: None,
     ) -> None:
+        """``on_error(endpoint, detail)`` hears every failed call (retried or not), with the endpoint as
+        ``redact_url`` shows it."""
         super().__init__()
         self._urls = urls
+        self._on_error = on_error
         self._session = session
         self._preferred = 0
         self._attempts = attempts
@@ -88,8 +93,9 @@ class FailoverHTTPProvider(AsyncJSONBaseProvider):
             ) as response:
                 response.raise_for_status()
                 return await response.read()
-        except _TRANSIENT:
+        except _TRANSIENT as exc:
             self._preferred = (self._preferred + 1) % len(self._urls)
+            self._on_error(redact_url(url), _describe(exc))
             raise
 
     async def is_connected(self, show_traceback: bool = False) -> bool:

@@ -82,9 +82,14 @@ def devnet_router_config(devnet: Devnet) -> RouterConfig:
 
 
 async def _run_devnet_gateway(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level, json=args.json)
     api_key = args.api_key or "sk-devnet-" + secrets.token_hex(16)
     admin_key = args.admin_key or "zg-admin-devnet-" + secrets.token_hex(16)
+    # With --json, stdout carries the machine-readable line: the logs on stderr are JSON too.
+    configure_logging(
+        args.log_level,
+        format=args.log_format or ("json" if args.json else "auto"),
+        secrets=[dev_private_key(USER_KEY_INDEX), api_key, admin_key],
+    )
     gateway_config = GatewayConfig(
         host="127.0.0.1", port=args.gateway_port, api_keys=(api_key,), admin_keys=(admin_key,)
     )

@@ -22,7 +22,8 @@ class AttemptFailed:
 
 @dataclass(frozen=True, slots=True)
 class RequestFinished:
-    """A request ended. ``status`` is what the caller got; ``provider`` is None if no attempt answered."""
+    """A request ended. ``status`` is what the caller got; ``provider`` is None if no attempt answered;
+    ``queued`` is the time it waited for provider slots; token counts are None when the reply has none."""
 
     request_id: str
     endpoint: str
@@ -35,6 +36,9 @@ class RequestFinished:
     ttft: float | None
     stream: bool
     error: str | None = None
+    queued: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +57,24 @@ class BreakerChanged:
     state: str
 
 
+# The ``task`` of every BackgroundError the router emits.
+BACKGROUND_TASKS = ("discovery", "session-token", "balance-sync", "unsettled-fee", "settlement-watcher")
+
+
 @dataclass(frozen=True, slots=True)
 class BackgroundError:
-    """A background task (discovery, prober) failed one round; it tries again on its next tick."""
+    """A background task (one of ``BACKGROUND_TASKS``) failed one round; it tries again on its next tick."""
 
     task: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RpcFailed:
+    """A JSON-RPC call to ``endpoint`` (scheme://host:port, nothing secret) failed; the client retries it,
+    on the next endpoint if there is one."""
+
+    endpoint: str
     detail: str
 
 
@@ -112,6 +129,7 @@ Event = (
     | PoolRefreshed
     | BreakerChanged
     | BackgroundError
+    | RpcFailed
     | Funded
     | FundingFailed
     | Settled

@@ -1,16 +1,21 @@
-"""structlog set-up and the observer that turns router events into log lines.
+"""structlog set-up, the redaction processor, and the observer that turns router events into log lines.
 
 ``configure_logging`` is called by the CLI only; importing ``router`` configures nothing. Events carry no
-secrets, and nothing here logs request bodies or headers.
+secrets and nothing here logs request bodies or headers; the redaction processor is the second line, for
+what a bug or a third-party message might still carry (an exception's text, say).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
+from router.errors import ConfigError
 from router.observability.events import (
     AttemptFailed,
     BackgroundError,
@@ -20,36 +25,125 @@ from router.observability.events import (
     FundingFailed,
     PoolRefreshed,
     RequestFinished,
+    RpcFailed,
     Settled,
     SettlementRejected,
 )
 
+LOG_FORMATS = ("auto", "json", "console", "logfmt")
+REDACTED = "[redacted]"
+# Field names whose values are secret whatever they hold.
+SECRET_FIELDS = frozenset(
+    {
+        "authorization",
+        "api_key",
+        "api_keys",
+        "admin_key",
+        "private_key",
+        "session_token",
+        "password",
+        "secret",
+    }
+)
+# Session tokens (protocol.md §3) and bearer credentials, wherever they turn up in a string.
+_TOKEN = re.compile(r"app-sk-[A-Za-z0-9+/=_-]+|(?i:bearer)\s+\S+")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+# A value shorter than this is not treated as a secret to search for: it would blank out ordinary words.
+_MIN_SECRET = 8
 
-def configure_logging(level: str = "info", *, json: bool = False) -> None:
-    """Log to stderr at ``level``: JSON lines with ``json``, else logfmt lines (key=value).
 
-    Both renderers are cheap enough for a line per request; structlog's console renderer is not.
+def configure_logging(
+    level: str = "info",
+    *,
+    format: str = "auto",
+    secrets: Iterable[str | None] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Log to ``stream`` (stderr) at ``level`` in ``format``: ``json`` (one object a line, for machines),
+    ``console`` (aligned and coloured on a terminal, for people), ``logfmt`` (key=value), or ``auto``
+    (console on a terminal, JSON otherwise). Every line passes the redaction processor first, which
+    blanks ``secrets`` (the wallet key, API keys) wherever they appear.
     """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
-        raise ValueError(f"unknown log level {level!r}")
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
-    )
+        raise ConfigError(f"unknown log level {level!r}")
+    if format not in LOG_FORMATS:
+        raise ConfigError(f"unknown log format {format!r}: use one of {', '.join(LOG_FORMATS)}")
+    out = stream or sys.stderr
+    if format == "auto":
+        format = "console" if out.isatty() else "json"
+    renderer: structlog.typing.Processor
+    if format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    elif format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "event"], drop_missing=True
+        )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            Redactor(secrets),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+class Redactor:
+    """A structlog processor that blanks secrets: fields named like one (``SECRET_FIELDS``), session
+    tokens and bearer credentials, and the given ``secrets`` (a hex key in either case, with or without
+    its ``0x``), wherever they appear: in strings, nested dicts, lists and sets, and in the text of any
+    other value (an exception, bytes)."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        words: set[str] = set()
+        needles = {"app-sk-", "bearer"}
+        for secret in secrets:
+            if secret and len(secret) >= _MIN_SECRET:
+                bare = secret[2:] if secret[:2].lower() == "0x" else secret
+                # Hex is the same key in any case; other secrets are matched exactly.
+                words.add(f"(?i:(?:0x)?{re.escape(bare)})" if _HEX.fullmatch(bare) else re.escape(secret))
+                needles.add(bare.lower())
+        # Longest first: a secret that contains another is blanked whole.
+        self._pattern = re.compile("|".join([*sorted(words, key=len, reverse=True), _TOKEN.pattern]))
+        # Substring tests are far cheaper than the regex; most strings contain none of these.
+        self._needles = tuple(needles)
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        for key, value in event_dict.items():
+            event_dict[key] = REDACTED if key.lower() in SECRET_FIELDS else self._clean(value)
+        return event_dict
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._text(value)
+        if value is None or isinstance(value, int | float):
+            return value
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if str(k).lower() in SECRET_FIELDS else self._clean(v) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._clean(v) for v in value]
+        if isinstance(value, bytes | bytearray):
+            return self._text(bytes(value).decode(errors="replace"))
+        # Anything else renders as its text (an exception's message, say): check that text.
+        text = str(value)
+        cleaned = self._text(text)
+        return value if cleaned is text else cleaned
+
+    def _text(self, text: str) -> str:
+        lowered = text.lower()
+        if any(needle in lowered for needle in self._needles):
+            return self._pattern.sub(REDACTED, text)
+        return text
 
 
 class LogObserver:
@@ -73,6 +167,9 @@ class LogObserver:
                 latency_ms=round(event.latency * 1000, 2),
                 ttft_ms=None if event.ttft is None else round(event.ttft * 1000, 2),
                 stream=event.stream,
+                queued_ms=round(event.queued * 1000, 2),
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
                 error=event.error,
             )
         elif isinstance(event, AttemptFailed):
@@ -90,6 +187,8 @@ class LogObserver:
             log.info("breaker", provider=event.provider, state=event.state)
         elif isinstance(event, BackgroundError):
             log.warning("background task failed", task=event.task, detail=event.detail)
+        elif isinstance(event, RpcFailed):
+            log.warning("rpc call failed", endpoint=event.endpoint, detail=event.detail)
         elif isinstance(event, Funded):
             log.info(
                 "funded", provider=event.provider, amount=event.amount, tx=event.tx_hash, manual=event.manual

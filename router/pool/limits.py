@@ -92,6 +92,13 @@ class Gate:
     def has_token(self) -> bool:
         return self._banked > 0 or self.limiter.has_capacity()
 
+    def tokens(self) -> int:
+        """Requests the bucket would admit right now, banked tokens included: the limiter's headroom."""
+        room = 0
+        while room < self.limiter.max_rate and self.limiter.has_capacity(room + 1):
+            room += 1
+        return self._banked + room
+
     async def take(self) -> None:
         """Use a token and a slot. Called right after ``has_room`` and ``has_token`` held, with no await in
         between, so the acquire below finds capacity and returns without suspending."""

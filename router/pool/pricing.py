@@ -11,7 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Charge(NamedTuple):
+    """What a reply costs (neuron) and the tokens it was billed for; None where the reply does not say."""
+
+    cost: int | None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +70,36 @@ class Pricing:
         cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
         return self.fee(prompt, completion, cached if _count(cached) else 0)
 
+    def usage_charge(self, usage: Mapping[str, Any] | None) -> Charge:
+        """The fee for an OpenAI ``usage`` object with its token counts (all None if it has none)."""
+        fee = self.usage_fee(usage)
+        if fee is None or usage is None:
+            return Charge(None)
+        return Charge(fee, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
     def words_fee(self, text: str) -> int:
         """The broker's fallback when a reply has no usage: words of the output at the output price."""
         return len(text.split()) * self.output_price
 
 
-def reply_cost(pricing: Pricing, body: bytes, *, images: bool = False) -> int | None:
-    """Neuron charged for a whole JSON reply: by usage, by picture count for images, and by the words of
-    the output when there is no usage."""
+def reply_charge(pricing: Pricing, body: bytes, *, images: bool = False) -> Charge:
+    """The charge for a whole JSON reply: by usage, by picture count for images, and by the words of the
+    output when there is no usage."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
-        return None
+        return Charge(None)
     if not isinstance(doc, dict):
-        return None
+        return Charge(None)
     if images:
         data = doc.get("data")
-        return len(data) * pricing.output_price if isinstance(data, list) else None
+        return Charge(len(data) * pricing.output_price if isinstance(data, list) else None)
     usage = doc.get("usage")
-    fee = pricing.usage_fee(usage if isinstance(usage, dict) else None)
-    if fee is not None:
-        return fee
+    charge = pricing.usage_charge(usage if isinstance(usage, dict) else None)
+    if charge.cost is not None:
+        return charge
     text = _output_text(doc)
-    return pricing.words_fee(text) if text is not None else None
+    return Charge(pricing.words_fee(text) if text is not None else None)
 
 
 def _output_text(doc: dict[str, Any]) -> str | None:

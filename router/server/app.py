@@ -15,11 +15,13 @@ from typing import Self
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.client import Router
 from router.config import GatewayConfig
-from router.dispatch import Endpoint, Reply, StreamReply
 from router.errors import ConfigError, RequestFailed, Unauthorized
+from router.observability.metrics import Metrics
+from router.replies import Endpoint, Reply, StreamReply
 from router.server.admin import add_admin_routes
 from router.server.wire import (
     bearer_matches,
@@ -45,31 +47,46 @@ class Gateway:
     """The gateway listening on ``config.host:config.port``: ``async with Gateway(router, config) as gw:``.
 
     Handlers are cancelled when their client disconnects, so an abandoned request frees its slot at once.
-    On exit, requests in flight get ``config.shutdown_timeout`` seconds to finish.
+    On exit, requests in flight get ``config.shutdown_timeout`` seconds to finish. With ``config.metrics``
+    it serves ``/metrics`` at ``self.metrics_url`` from ``metrics``, or from a ``Metrics`` of its own
+    (``self.metrics``). Pass one built before the router opened to count what happens while it opens.
     """
 
-    def __init__(self, router: Router, config: GatewayConfig) -> None:
-        self._runner = web.AppRunner(
-            make_app(router, config),
-            access_log=None,
-            handler_cancellation=True,
-            shutdown_timeout=config.shutdown_timeout,
-        )
+    def __init__(self, router: Router, config: GatewayConfig, *, metrics: Metrics | None = None) -> None:
+        if metrics is None and config.metrics:
+            metrics = Metrics(router)
+        self.metrics = metrics
+        registry = self.metrics.registry if self.metrics is not None else None
+        shared = registry if config.metrics_port is None else None
+        self._runners = [
+            web.AppRunner(
+                make_app(router, config, metrics=shared),
+                access_log=None,
+                handler_cancellation=True,
+                shutdown_timeout=config.shutdown_timeout,
+            )
+        ]
+        if registry is not None and config.metrics_port is not None:
+            self._runners.append(web.AppRunner(make_metrics_app(registry), access_log=None))
         self._config = config
         self.url = ""
+        self.metrics_url: str | None = None
 
     async def __aenter__(self) -> Self:
-        await self._runner.setup()
+        ports = (self._config.port, self._config.metrics_port)
+        urls = []
         try:
-            site = web.TCPSite(self._runner, self._config.host, self._config.port)
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {self._config.host}:{self._config.port}: {exc.strerror}"
-            ) from None
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+            for runner, port in zip(self._runners, ports, strict=False):
+                await runner.setup()
+                await _listen(runner, self._config.host, port or 0)
+                host, bound = runner.addresses[0][:2]
+                urls.append(f"http://{host}:{bound}")
+        except BaseException:
+            await self._cleanup()
+            raise
+        self.url = urls[0]
+        if self.metrics is not None:
+            self.metrics_url = urls[-1] + "/metrics"
         return self
 
     async def __aexit__(
@@ -78,11 +95,25 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._runner.cleanup()
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
 
 
-def make_app(router: Router, config: GatewayConfig) -> web.Application:
-    """The gateway for ``router``. The caller owns the router (opens it before, closes it after)."""
+async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def make_app(
+    router: Router, config: GatewayConfig, *, metrics: CollectorRegistry | None = None
+) -> web.Application:
+    """The gateway for ``router``, with ``/metrics`` from ``metrics`` if given. The caller owns the router
+    (opens it before, closes it after)."""
     app = web.Application(client_max_size=config.max_body_bytes)
     app[ROUTER] = router
     guard = functools.partial(
@@ -97,7 +128,11 @@ def make_app(router: Router, config: GatewayConfig) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     add_admin_routes(app, ROUTER, config.admin_keys)
-    app.router.add_route("*", "/{tail:.*}", _not_found)
+    ours = _OUR_PATHS
+    if metrics is not None:
+        app.router.add_get("/metrics", functools.partial(_metrics, registry=metrics))
+        ours = ours | {"/metrics"}
+    app.router.add_route("*", "/{tail:.*}", functools.partial(_not_found, ours=ours))
     return app
 
 
@@ -108,6 +143,11 @@ def _guarded(
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         request_id = _request_id(request)
+        # Every log line written while this request is served carries its id.
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            return await _answer(request, request_id)
+
+    async def _answer(request: web.Request, request_id: str) -> web.StreamResponse:
         try:
             if keys:
                 _check_key(request.headers.get("Authorization"), keys)
@@ -222,6 +262,18 @@ async def _models(request: web.Request, request_id: str) -> web.StreamResponse:
     return web.json_response({"object": "list", "data": data}, headers={"x-request-id": request_id})
 
 
+def make_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """``/metrics`` alone, for a port of its own."""
+    app = web.Application()
+    app.router.add_get("/metrics", functools.partial(_metrics, registry=registry))
+    app.router.add_route("*", "/{tail:.*}", functools.partial(_not_found, ours={"/metrics"}))
+    return app
+
+
+async def _metrics(request: web.Request, *, registry: CollectorRegistry) -> web.Response:
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -239,9 +291,9 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if available else 503)
 
 
-async def _not_found(request: web.Request) -> web.Response:
+async def _not_found(request: web.Request, *, ours: set[str]) -> web.Response:
     headers = {"x-request-id": _request_id(request)}
-    if request.path in _OUR_PATHS:
+    if request.path in ours:
         return error_json(
             405,
             f"{request.method} is not allowed on {request.path}",

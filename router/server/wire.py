@@ -10,9 +10,9 @@ from email.policy import HTTP
 
 from aiohttp import web
 
-from router.dispatch import Endpoint, max_output
 from router.errors import InvalidRequest, RequestFailed, UpstreamRejected
 from router.policy.select import Preferences, parse_preferences
+from router.replies import Endpoint, max_output
 
 # Fields each JSON endpoint cannot do without, with what they must be.
 _REQUIRED: dict[Endpoint, tuple[str, type, str]] = {

@@ -26,8 +26,8 @@ from router.devnet import Devnet
 from router.devnet.node_tools import NodeModules
 from router.server.app import Gateway
 from tests.devnet.test_cli import ZG_ROUTER, read_until, stop, zg_router
-from tests.gateway.conftest import funded_wallet, router_config
-from tests.support import NEURON
+from tests.gateway.conftest import router_config
+from tests.support import NEURON, funded_wallet
 
 API_KEY = "sk-cli-admin-test-0123456789abcdef"
 ADMIN_KEY = "zg-admin-cli-test-0123456789abcdef"

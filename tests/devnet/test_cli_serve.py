@@ -104,7 +104,12 @@ async def test_serve_reads_env_and_toml_and_never_logs_the_key(devnet: Devnet, t
             process.kill()
             await process.wait()
     assert process.returncode == 0
-    assert b"event=request" in logs
+    # Not a terminal: JSON lines by default.
+    lines = [json.loads(line) for line in logs.splitlines() if line.strip()]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert len(requests) == 1
+    assert requests[0]["status"] == 200
+    assert requests[0]["provider"] in {p.address for p in devnet.providers}
     secret = dev_private_key(USER_KEY_INDEX)
     for forbidden in (secret, secret.removeprefix("0x"), API_KEY, "app-sk-"):
         assert forbidden.encode() not in logs

@@ -5,7 +5,6 @@ A new wallet per test keeps the providers' per-wallet limits and counters apart 
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.chain.devtools import set_balance
 from router.chain.wallet import Wallet
 from router.client import Router
 from router.config import DiscoveryOptions, DispatchOptions, GatewayConfig, MoneyOptions, RouterConfig
@@ -24,7 +22,7 @@ from router.devnet.simulator.limits import RateLimits
 from router.pool.health import HealthPolicy
 from router.server.app import Gateway
 from router.transport.http import TransportOptions
-from tests.support import NEURON
+from tests.support import funded_wallet
 
 API_KEY = "sk-test-" + "0123456789abcdef" * 2
 CHAT_MODEL = "model-r"
@@ -91,18 +89,6 @@ def router_config(devnet: Devnet, private_key: str, **dispatch: Any) -> RouterCo
         # top-up transaction runs in the middle of a timing-sensitive test (funding has its own tests).
         money=MoneyOptions(fund_below=0.5, fund_to=1.0),
     )
-
-
-async def funded_wallet(devnet: Devnet) -> tuple[Wallet, str]:
-    """A new wallet (and its key) with a ledger and 2 0G at every provider."""
-    key = "0x" + os.urandom(32).hex()
-    wallet = Wallet(key)
-    await set_balance(devnet.owner, wallet.address, 100 * NEURON)
-    chain = await devnet.open_client(wallet)
-    await chain.add_ledger(20 * NEURON)
-    for provider in devnet.providers:
-        await chain.transfer_fund(provider.address, 2 * NEURON)
-    return wallet, key
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from router.observability.logging import LogObserver
 from tests.gateway.conftest import API_KEY, CHAT_MODEL, ServeFactory
 from tests.gateway.support import CHAT, FAKE_SECRET, MESSAGES, REPO, TIMEOUT, WRONG_KEY, sdk, send
+from tests.support import serving
 
 # A real gateway in a child process, so that a crash shows as a dead child, not a dead test run.
 GATEWAY_SCRIPT = """
@@ -56,13 +57,8 @@ async def hostile_upstream() -> AsyncIterator[str]:
     """An OpenAI-style upstream on 127.0.0.1 whose chat replies are deeply nested; yields its base URL."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", hostile_upstream_reply)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url + "/v1"
 
 
 @dataclass

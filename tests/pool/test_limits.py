@@ -98,6 +98,21 @@ class TestBucket:
         assert not gate.has_token()
         assert gate.in_flight == 1
 
+    async def test_tokens_counts_the_headroom_as_it_drains_and_refills(self, loop_time: LoopTime) -> None:
+        """``tokens()`` (the metrics' limiter headroom) is what ``take`` could still get, banked included."""
+        gate = Gate(ProviderLimits(requests_per_minute=60, burst=4, max_concurrent=100))
+        assert gate.tokens() == 3
+        await gate.take()
+        assert gate.tokens() == 2
+        await take_all(gate)
+        assert gate.tokens() == 0
+        loop_time.now += 1.0
+        assert gate.tokens() == 1
+        await gate.refill()
+        assert gate.tokens() == 1  # the banked token, the bucket itself empty again
+        loop_time.now += 3600
+        assert gate.tokens() == 4  # a full bucket plus the banked one
+
 
 class TestRoom:
     async def test_concurrency_cap_closes_room_and_release_reopens_it(self, loop_time: LoopTime) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from router.pool.pricing import PriceTier, Pricing, parse_cache_divisor, parse_tiers, reply_cost
+from router.pool.pricing import PriceTier, Pricing, parse_cache_divisor, parse_tiers, reply_charge
 
 # The shape of the [SEED] example in protocol.md §4.5: x4 input and x2 output above 256k prompt tokens.
 LONG_CONTEXT = (PriceTier(256_000), PriceTier(0, 4, 1, 2, 1))
@@ -150,7 +150,7 @@ class TestReplyCost:
     def test_usage_wins_over_the_text(self) -> None:
         """A reply with usage is billed by usage, whatever its length in words."""
         reply = chat("many words in this reply", {"prompt_tokens": 2, "completion_tokens": 1})
-        assert reply_cost(PRICING, reply) == 2 * 100 + 1 * 300
+        assert reply_charge(PRICING, reply).cost == 2 * 100 + 1 * 300
 
     def test_no_usage_falls_back_to_the_words_of_every_choice(self) -> None:
         """Without usage the words of all choices' content are counted."""
@@ -162,28 +162,28 @@ class TestReplyCost:
                 "junk",
             ]
         }
-        assert reply_cost(PRICING, body(doc)) == 5 * 300
+        assert reply_charge(PRICING, body(doc)).cost == 5 * 300
 
     def test_empty_or_bad_usage_falls_back_to_words(self) -> None:
         """Empty ``{}`` usage is ignored like the broker ignores it; so is a non-object usage."""
-        assert reply_cost(PRICING, chat("three short words", {})) == 3 * 300
+        assert reply_charge(PRICING, chat("three short words", {})).cost == 3 * 300
         doc = {"usage": "lots", "choices": [{"message": {"content": "two words"}}]}
-        assert reply_cost(PRICING, body(doc)) == 2 * 300
+        assert reply_charge(PRICING, body(doc)).cost == 2 * 300
 
     def test_a_transcription_is_billed_by_its_text(self) -> None:
         """Speech-to-text replies carry ``text``: its words are the output."""
-        assert reply_cost(PRICING, body({"text": "four words of speech"})) == 4 * 300
+        assert reply_charge(PRICING, body({"text": "four words of speech"})).cost == 4 * 300
 
     def test_images_are_billed_per_picture(self) -> None:
         """With ``images=True`` the count of ``data`` entries x output price is the cost."""
         reply = body({"created": 1, "data": [{"url": "a"}, {"b64_json": "b"}, {}]})
-        assert reply_cost(PRICING, reply, images=True) == 3 * 300
-        assert reply_cost(PRICING, body({"data": "nope"}), images=True) is None
+        assert reply_charge(PRICING, reply, images=True).cost == 3 * 300
+        assert reply_charge(PRICING, body({"data": "nope"}), images=True).cost is None
 
     def test_images_flag_ignores_usage(self) -> None:
         """An image reply is priced per picture even if it also carries token usage."""
         reply = body({"data": [{}], "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}})
-        assert reply_cost(PRICING, reply, images=True) == 300
+        assert reply_charge(PRICING, reply, images=True).cost == 300
 
     @pytest.mark.parametrize(
         "raw",
@@ -191,15 +191,15 @@ class TestReplyCost:
     )
     def test_unpriceable_replies_give_none(self, raw: bytes) -> None:
         """Bodies that are not a JSON object with usage or output text have no known cost."""
-        assert reply_cost(PRICING, raw) is None
+        assert reply_charge(PRICING, raw).cost is None
 
     def test_absurd_nesting_does_not_raise(self) -> None:
         """A hostile, deeply nested body is refused as unpriceable rather than crashing the caller."""
-        assert reply_cost(PRICING, b"[" * 100_000 + b"]" * 100_000) is None
+        assert reply_charge(PRICING, b"[" * 100_000 + b"]" * 100_000).cost is None
 
     def test_free_provider_costs_zero_not_none(self) -> None:
         """Price 0 gives a known cost of 0 (billed, free), which is not 'unknown'."""
-        assert reply_cost(Pricing(), chat("hi", {"prompt_tokens": 5, "completion_tokens": 5})) == 0
+        assert reply_charge(Pricing(), chat("hi", {"prompt_tokens": 5, "completion_tokens": 5})).cost == 0
 
 
 class TestParseTiers:
