@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import time
@@ -12,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from eth_account import Account as EthAccount
+from eth_account.messages import encode_defunct
 
 from router.devnet import Devnet, DevnetConfig, ProviderSpec
 from router.devnet.node_tools import NodeModules
@@ -210,3 +213,67 @@ class TestFaultsAtStart:
                 url = devnet.providers[0].simulator.admin_url + "/admin/faults"
                 async with http.get(url) as response:
                     assert (await response.json())["down"] is True
+
+
+class TestSigningFaults:
+    """A dishonest or broken TEE provider, set through the admin route like every knob."""
+
+    @pytest.mark.parametrize("stream", [False, True])
+    async def test_a_wrong_key_signs_while_naming_the_registered_signer(
+        self, client: Client, stream: bool
+    ) -> None:
+        """``sign_wrong_key``: the text is true and claims the registered signer; the signature is not its."""
+        await set_knobs(client, sign_wrong_key=1.0)
+        response = await client.chat(chat_body(client.provider, stream=stream))
+        received = await response.read()
+        signed = await signed_text(client, response.headers["ZG-Res-Key"])
+        assert signed["text"].split(":")[1] == hashlib.sha256(received).hexdigest()
+        assert signed["signing_address"] == client.provider.tee_signer.address
+        assert recovered(signed) != client.provider.tee_signer.address
+
+    @pytest.mark.parametrize("stream", [False, True])
+    async def test_a_reply_altered_after_signing_no_longer_matches_its_hash(
+        self, client: Client, stream: bool
+    ) -> None:
+        """``alter_after_signing``: a genuine signature over a reply other than the one sent."""
+        await set_knobs(client, alter_after_signing=1.0)
+        response = await client.chat(chat_body(client.provider, stream=stream))
+        received = await response.read()
+        assert b"[altered] " in received
+        signed = await signed_text(client, response.headers["ZG-Res-Key"])
+        assert signed["text"].split(":")[1] != hashlib.sha256(received).hexdigest()
+        original = received.replace(b"[altered] ", b"", 1)
+        assert signed["text"].split(":")[1] == hashlib.sha256(original).hexdigest()
+        assert recovered(signed) == client.provider.tee_signer.address
+
+    async def test_a_withheld_signature_is_not_found(self, client: Client) -> None:
+        await set_knobs(client, withhold_signature=1.0)
+        response = await client.chat(chat_body(client.provider))
+        assert response.status == 200
+        url = f"{client.provider.url}/v1/proxy/signature/{response.headers['ZG-Res-Key']}"
+        async with client.http.get(url) as lookup:
+            assert lookup.status == 400
+            assert (await lookup.json())["error"] == "chat_id_not_found"
+
+    def test_signing_probabilities_are_checked_apart_from_the_outcomes(self) -> None:
+        """Each group may add up to 1; a signing fault combines with an outcome fault."""
+        Faults(error_503=1.0, sign_wrong_key=1.0)
+        with pytest.raises(ConfigError, match="sign_wrong_key"):
+            Faults(sign_wrong_key=0.6, withhold_signature=0.6)
+
+    def test_without_signing_knobs_the_outcome_sequence_is_unchanged(self) -> None:
+        """Signing faults draw only when set, so seeded runs keep their outcomes."""
+        plain, signing = FaultPlan(Faults(error_500=0.5, seed=7)), FaultPlan(Faults(error_500=0.5, seed=7))
+        for _ in range(50):
+            assert signing.draw_signing() is None
+            assert plain.draw() == signing.draw()
+
+
+async def signed_text(client: Client, key: str) -> dict[str, str]:
+    async with client.http.get(f"{client.provider.url}/v1/proxy/signature/{key}") as lookup:
+        assert lookup.status == 200
+        return dict(await lookup.json())
+
+
+def recovered(signed: dict[str, str]) -> str:
+    return str(EthAccount.recover_message(encode_defunct(text=signed["text"]), signature=signed["signature"]))

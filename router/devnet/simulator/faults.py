@@ -23,6 +23,13 @@ _OUTCOMES = (
     "drop_mid_stream",
     "stall_body",
 )
+# Signing faults, drawn apart from the outcomes above (only when one is set, so seeded runs without them
+# see the same outcomes as before): a dishonest or broken TEE provider.
+_SIGNING = (
+    "sign_wrong_key",  # signs with another key, yet names its registered signer as the signing address
+    "alter_after_signing",  # signs the true reply, sends an altered one (chat)
+    "withhold_signature",  # stores no signature: the lookup answers chat_id_not_found
+)
 ERROR_BODIES = {
     500: {"error": "Internal Server Error"},
     502: {"error": "Bad Gateway"},
@@ -45,16 +52,20 @@ class Faults:
     drop_mid_stream: float = 0.0
     stall_body: float = 0.0
     stall_seconds: float = 3600.0
+    sign_wrong_key: float = 0.0
+    alter_after_signing: float = 0.0
+    withhold_signature: float = 0.0
     down: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in _OUTCOMES:
+        for name in (*_OUTCOMES, *_SIGNING):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"fault {name} is a probability in [0, 1], got {value}")
-        if sum(getattr(self, name) for name in _OUTCOMES) > 1.0 + 1e-9:
-            raise ConfigError("fault probabilities add up to more than 1")
+        for group in (_OUTCOMES, _SIGNING):
+            if sum(getattr(self, name) for name in group) > 1.0 + 1e-9:
+                raise ConfigError(f"fault probabilities of {', '.join(group)} add up to more than 1")
         if min(self.latency, self.chunk_delay, self.stall_seconds) < 0:
             raise ConfigError("fault delays cannot be negative")
 
@@ -93,8 +104,17 @@ class FaultPlan:
 
     def draw(self) -> str | None:
         """The fault this request suffers (a knob name from the outcome list), or None."""
+        return self._pick(_OUTCOMES)
+
+    def draw_signing(self) -> str | None:
+        """How this reply's signature goes wrong (a signing knob's name), or None."""
+        if not any(getattr(self.faults, name) for name in _SIGNING):
+            return None
+        return self._pick(_SIGNING)
+
+    def _pick(self, names: tuple[str, ...]) -> str | None:
         roll, threshold = self._random.random(), 0.0
-        for name in _OUTCOMES:
+        for name in names:
             threshold += getattr(self.faults, name)
             if roll < threshold:
                 return name

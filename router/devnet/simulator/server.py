@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,7 @@ class _Call:
     provider: str
     chat_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     fault: str | None = None
+    signing: str | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -260,6 +262,7 @@ class ProviderSimulator:
         """Apply this request's drawn fault: early ones here, in-body ones in the producer."""
         knobs = self.faults.faults
         call.fault = self.faults.draw()
+        call.signing = self.faults.draw_signing()
         if knobs.latency:
             await asyncio.sleep(knobs.latency)
         if call.fault == "reset_before_headers":
@@ -288,7 +291,7 @@ class ProviderSimulator:
             if fault == "malformed_json":
                 events[1] = b"data: {not json\n\n"
             stream_headers = {**call.headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
-            return await self._stream(call.request, events, stream_headers, fault, chat_id, forwarded)
+            return await self._stream(call, events, stream_headers, forwarded)
         out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.spec.model)).encode()
         if fault == "malformed_json":
             out = out[: len(out) // 2]
@@ -299,17 +302,16 @@ class ProviderSimulator:
                 "Content-Type": "application/json",
                 "Content-Length": str(len(out)),
             }
-            return await self._stream(
-                call.request, [out[: len(out) // 2]], json_headers, fault, chat_id, forwarded
-            )
-        self._sign(chat_id, _sha256(forwarded), out)
-        return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
+            return await self._stream(call, [out[: len(out) // 2]], json_headers, forwarded)
+        self._sign(call, _sha256(forwarded), out)
+        sent = _altered([out])[0] if call.signing == "alter_after_signing" else out
+        return web.Response(body=sent, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _produce_embeddings(self, call: _Call) -> web.StreamResponse:
         body, tokens = synth.embedding_body(call.payload, model=self.spec.model)
         self.billing.charge(call.user, tokens, 0)
         out = json.dumps(body).encode()
-        self._sign(call.chat_id, _sha256(call.body), out)
+        self._sign(call, _sha256(call.body), out)
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _produce_images(self, call: _Call) -> web.StreamResponse:
@@ -320,28 +322,24 @@ class ProviderSimulator:
         out = json.dumps({"created": int(time.time()), "data": data}).encode()
         # Image signatures cover each image, not the JSON around them (protocol.md §5.3).
         image_hashes = ",".join(hashlib.sha256(p).hexdigest() for p in pictures)
-        self._sign_text(call.chat_id, f"{_sha256(call.body)}:{image_hashes}")
+        self._sign_text(call, f"{_sha256(call.body)}:{image_hashes}")
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _produce_transcription(self, call: _Call) -> web.StreamResponse:
         text = synth.transcription_text(call.payload["file"])
         self.billing.charge(call.user, 0, len(text.split()))
         out = json.dumps({"text": text}).encode()
-        self._sign(call.chat_id, _sha256(call.body), out)
+        self._sign(call, _sha256(call.body), out)
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _stream(
-        self,
-        request: web.Request,
-        parts: list[bytes],
-        headers: dict[str, str],
-        fault: str | None,
-        chat_id: str,
-        forwarded: bytes,
+        self, call: _Call, parts: list[bytes], headers: dict[str, str], forwarded: bytes
     ) -> web.StreamResponse:
+        request, fault = call.request, call.fault
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
-        for index, part in enumerate(parts):
+        sent = _altered(parts) if call.signing == "alter_after_signing" else parts
+        for index, part in enumerate(sent):
             if index and self.faults.faults.chunk_delay:
                 await asyncio.sleep(self.faults.faults.chunk_delay)
             await response.write(part)
@@ -350,7 +348,7 @@ class ProviderSimulator:
             if fault == "stall_body":
                 await asyncio.sleep(self.faults.faults.stall_seconds)
         await response.write_eof()
-        self._sign(chat_id, _sha256(forwarded), b"".join(parts))
+        self._sign(call, _sha256(forwarded), b"".join(parts))
         return response
 
     @staticmethod
@@ -360,12 +358,15 @@ class ProviderSimulator:
             request.transport.abort()
         return response or web.Response()
 
-    def _sign(self, chat_id: str, request_sha256: str, response_bytes: bytes) -> None:
-        self._sign_text(chat_id, f"{request_sha256}:{_sha256(response_bytes)}")
+    def _sign(self, call: _Call, request_sha256: str, response_bytes: bytes) -> None:
+        self._sign_text(call, f"{request_sha256}:{_sha256(response_bytes)}")
 
-    def _sign_text(self, chat_id: str, text: str) -> None:
-        signature = "0x" + self._tee_signer.sign_personal(text.encode()).hex()
-        self._signatures[chat_id.lower()] = {
+    def _sign_text(self, call: _Call, text: str) -> None:
+        if call.signing == "withhold_signature":
+            return
+        signer = _IMPOSTOR if call.signing == "sign_wrong_key" else self._tee_signer
+        signature = "0x" + signer.sign_personal(text.encode()).hex()
+        self._signatures[call.chat_id.lower()] = {
             "text": text,
             "signature": signature,
             "signing_address": self._tee_signer.address,
@@ -453,3 +454,18 @@ class ProviderSimulator:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# The key a `sign_wrong_key` provider signs with: not its registered TEE signer.
+_IMPOSTOR = Wallet("0x" + hashlib.sha256(b"zg-router devnet impostor signer").hexdigest())
+# The start of generated text, in a whole reply ("content": ") and in a stream chunk ("content":").
+_CONTENT = re.compile(rb'("content": ?")')
+
+
+def _altered(parts: list[bytes]) -> list[bytes]:
+    """The reply with its first generated text changed (an `alter_after_signing` provider's lie)."""
+    for index, part in enumerate(parts):
+        if _CONTENT.search(part):
+            changed = _CONTENT.sub(rb"\1[altered] ", part, count=1)
+            return [*parts[:index], changed, *parts[index + 1 :]]
+    return [*parts[:-1], parts[-1] + b"\n"]
