@@ -84,10 +84,28 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
         input_price=input_price,
         output_price=output_price,
         verifiability=service.verifiability,
+        tee_signer=tee_signer(service, extra),
         limits=limits,
         price_tiers=tiers,
         cache_divisor=cache_divisor,
     )
+
+
+_ZERO_ADDRESS = "0x" + "0" * 40
+
+
+def tee_signer(service: Service, extra: dict[str, Any]) -> str | None:
+    """The address a service's responses must be signed by (protocol.md §5.4): its acknowledged
+    ``teeSignerAddress``, or for a separated decentralized provider the model TEE's own
+    ``TargetTeeAddress``; None when it signs nothing we can check."""
+    if not service.tee_signer_acknowledged:
+        return None
+    separate = extra.get("TargetSeparated") is True and extra.get("ProviderType") != "centralized"
+    target = extra.get("TargetTeeAddress")
+    if separate:
+        return target if isinstance(target, str) and target else None
+    signer = service.tee_signer_address
+    return signer if signer and signer.lower() != _ZERO_ADDRESS else None
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_keys.exceptions import BadSignature
 from eth_typing import ChecksumAddress
 
 from router.errors import ConfigError
@@ -55,3 +56,12 @@ class Wallet:
 
     def __repr__(self) -> str:
         return f"Wallet({self.address})"
+
+
+def recover_personal(text: str, signature: str) -> str | None:
+    """The address that EIP-191 personal-signed ``text`` (UTF-8) with ``signature`` (0x + 65 bytes hex),
+    or None if the signature is malformed."""
+    try:
+        return str(Account.recover_message(encode_defunct(text=text), signature=signature))
+    except (ValueError, TypeError, IndexError, BadSignature):
+        return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from router.pool.health import BreakerState, Health, HealthPolicy
 from router.pool.limits import Gate, ProviderLimits
 from router.pool.pricing import PriceTier, Pricing
+from router.pool.trust import Trust
 
 
 class ProviderKind(enum.Enum):
@@ -40,6 +41,8 @@ class ProviderInfo:
     input_price: int = 0
     output_price: int = 0
     verifiability: str = ""
+    # The acknowledged address its TEE signs responses with (protocol.md §5.4); None when it signs none.
+    tee_signer: str | None = None
     limits: ProviderLimits = field(default_factory=ProviderLimits)
     api_key: str | None = field(default=None, repr=False)
     price_tiers: tuple[PriceTier, ...] = ()
@@ -61,18 +64,20 @@ class Exclusion(enum.Enum):
 
     UNFUNDED = "unfunded"  # it said our sub-account's balance is too low
     MISCONFIGURED = "misconfigured"  # auth, acknowledgement or model problem at that provider
+    UNTRUSTED = "untrusted"  # one of its responses failed TEE verification
 
 
 class ProviderState:
     """One provider's live record: its info, health, admission gate and exclusions."""
 
-    __slots__ = ("excluded", "gate", "health", "info")
+    __slots__ = ("excluded", "gate", "health", "info", "trust")
 
     def __init__(self, info: ProviderInfo, health: Health, gate: Gate) -> None:
         self.info = info
         self.health = health
         self.gate = gate
         self.excluded: dict[Exclusion, float] = {}
+        self.trust = Trust(signer=info.tee_signer)
 
     def __repr__(self) -> str:
         return f"<Provider {self.info.id} {self.health!r} {self.gate!r}>"
@@ -143,6 +148,9 @@ class Pool:
             else:
                 if info.limits != known.info.limits:
                     known.gate.reconfigure(info.limits, self._rate_margin)
+                if known.trust.new_signer(info.tee_signer):
+                    # What the old key verified says nothing of the new one, nor does a failure under it.
+                    known.excluded.pop(Exclusion.UNTRUSTED, None)
                 known.info = info
         self._reindex()
 

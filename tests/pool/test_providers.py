@@ -6,6 +6,7 @@ import pytest
 
 from router.pool.limits import ProviderLimits
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
+from router.pool.trust import Outcome, Trust
 from tests.support import FakeClock
 
 
@@ -109,6 +110,21 @@ class TestReplace:
         bucket = state.gate.limiter
         pool.replace(ProviderKind.CHAIN, [info("0xa", input_price=9, limits=ProviderLimits(30, 5, 5))])
         assert state.gate.limiter is bucket
+
+    def test_a_new_tee_signer_resets_trust_and_lifts_its_demotion(self, pool: Pool) -> None:
+        """What the old key verified (or failed) says nothing about the new one."""
+        pool.replace(ProviderKind.CHAIN, [info("0xa", tee_signer="0xold")])
+        state = pool.get("0xa")
+        assert state is not None
+        assert state.trust.signer == "0xold"
+        state.trust.record(Outcome.FAILED, 1.0, "bad")
+        state.exclude(Exclusion.UNTRUSTED, until=1e9)
+        pool.replace(ProviderKind.CHAIN, [info("0xa", tee_signer="0xold", input_price=5)])
+        assert state.trust.failed == 1
+        assert state.excluded_at(0.0) is Exclusion.UNTRUSTED
+        pool.replace(ProviderKind.CHAIN, [info("0xa", tee_signer="0xnew")])
+        assert state.trust == Trust(signer="0xnew")
+        assert state.excluded_at(0.0) is None
 
     def test_rate_margin_reaches_every_gate(self, clock: FakeClock) -> None:
         """A pool with ``rate_margin=0.5`` runs each provider's bucket at half its advertised rate."""

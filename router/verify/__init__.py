@@ -1,0 +1,1 @@
+"""TEE response verification (protocol.md §5): the pure verdict (``check``) and the background verifier."""

@@ -1,0 +1,57 @@
+"""The verdict on one response's signature (protocol.md §5.3-5.4). Pure: no I/O, no clock.
+
+The provider's broker signs ``sha256(request as forwarded):sha256(response bytes)`` (TeeTLS forwarders add
+fields after these two; image replies list one hash per picture). The response half is what we can check
+for certain: we hash the exact bytes we relayed. The request half covers the body as the broker prepared
+it (model rewritten, ``stream_options`` injected), which a client usually cannot recompute, so a mismatch
+there is reported but does not fail the response. The signer must be the provider's acknowledged TEE
+signer as the chain names it; the lookup's own ``signing_address`` claim is not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from router.chain.wallet import recover_personal
+from router.pool.trust import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A verdict, why, and whether the signed request hash was the one of the body we sent."""
+
+    outcome: Outcome
+    detail: str
+    request_matched: bool | None = None
+
+
+def judge(record: object, *, signer: str, request: bytes, response_part: str) -> Finding:
+    """Judge ``record`` (the signature lookup's JSON) for a reply whose signed response part should be
+    ``response_part`` (``sha256_hex(reply bytes)``, or the picture hashes of an image reply)."""
+    if not isinstance(record, dict):
+        return Finding(Outcome.UNVERIFIABLE, "the signature lookup answered no JSON object")
+    text, signature = record.get("text"), record.get("signature")
+    if not isinstance(text, str) or not isinstance(signature, str):
+        return Finding(Outcome.UNVERIFIABLE, "the signature record has no text or signature")
+    fields = text.split(":")
+    if len(fields) < 2:
+        return Finding(Outcome.FAILED, "the signed text is not request-hash:response-hash")
+    recovered = recover_personal(text, signature)
+    if recovered is None:
+        return Finding(Outcome.FAILED, "the signature is malformed")
+    if recovered.lower() != signer.lower():
+        return Finding(Outcome.FAILED, f"signed by {recovered}, not the acknowledged TEE signer {signer}")
+    request_matched = fields[0] == sha256_hex(request)
+    if fields[1] != response_part:
+        return Finding(
+            Outcome.FAILED,
+            f"the signature covers other bytes than the reply relayed (signed {fields[1][:16]}…, "
+            f"relayed {response_part[:16]}…)",
+            request_matched,
+        )
+    return Finding(Outcome.VERIFIED, "signed by the TEE signer over the bytes relayed", request_matched)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
