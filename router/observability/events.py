@@ -79,6 +79,18 @@ class RpcFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Verified:
+    """A response from ``provider`` was checked against its TEE signature: ``outcome`` is ``verified``,
+    ``failed`` (the provider is demoted) or ``unverifiable`` (no signature to check)."""
+
+    request_id: str
+    provider: str
+    chat_id: str
+    outcome: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Funded:
     """The funder (or an operator) moved ``amount`` neuron from the ledger into a provider sub-account."""
 
@@ -130,6 +142,7 @@ Event = (
     | BreakerChanged
     | BackgroundError
     | RpcFailed
+    | Verified
     | Funded
     | FundingFailed
     | Settled

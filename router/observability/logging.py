@@ -28,6 +28,7 @@ from router.observability.events import (
     RpcFailed,
     Settled,
     SettlementRejected,
+    Verified,
 )
 
 LOG_FORMATS = ("auto", "json", "console", "logfmt")
@@ -187,6 +188,16 @@ class LogObserver:
             log.info("breaker", provider=event.provider, state=event.state)
         elif isinstance(event, BackgroundError):
             log.warning("background task failed", task=event.task, detail=event.detail)
+        elif isinstance(event, Verified):
+            level = log.warning if event.outcome == "failed" else log.info
+            level(
+                "verification",
+                request_id=event.request_id,
+                provider=event.provider,
+                chat_id=event.chat_id,
+                outcome=event.outcome,
+                detail=event.detail,
+            )
         elif isinstance(event, RpcFailed):
             log.warning("rpc call failed", endpoint=event.endpoint, detail=event.detail)
         elif isinstance(event, Funded):

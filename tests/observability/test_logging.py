@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from router.chain.session import mint_session_token
 from router.chain.wallet import Wallet
 from router.errors import ConfigError
-from router.observability.events import AttemptFailed, RequestFinished, WatcherProgress
+from router.observability.events import AttemptFailed, RequestFinished, Verified, WatcherProgress
 from router.observability.logging import REDACTED, LogObserver, Redactor, configure_logging
 from router.server import app as gateway_app
 
@@ -389,6 +389,23 @@ class TestLogObserver:
         assert (line["request_id"], line["provider"], line["status"]) == ("req-42", PROVIDER, 503)
         assert line["verdict"] == "unhealthy"
         assert line["detail"] == "Service Unavailable"
+
+    def test_a_failed_verification_is_a_warning_and_a_verified_one_info(
+        self, restore_structlog: None
+    ) -> None:
+        stream = io.StringIO()
+        configure_logging("info", format="json", stream=stream)
+        observer = LogObserver()
+        observer(Verified("req-1", PROVIDER, "chat-1", "verified", "signed by the TEE signer"))
+        observer(Verified("req-2", PROVIDER, "chat-2", "failed", "signed by 0xabc"))
+        ok, bad = json_lines(stream)
+        assert (ok["event"], ok["level"], ok["outcome"], ok["chat_id"]) == (
+            "verification",
+            "info",
+            "verified",
+            "chat-1",
+        )
+        assert (bad["level"], bad["outcome"], bad["request_id"]) == ("warning", "failed", "req-2")
 
 
 def test_restoring_undoes_the_configuration_and_the_cached_loggers() -> None:

@@ -1,0 +1,175 @@
+"""The verifier: a background task owned by ``Router`` that checks responses after they were delivered.
+
+Dispatch hands it a ``Job`` per completed response it sampled (``submit``, never blocking: a full queue
+drops the job and counts it). Workers fetch the provider's signature record (protocol.md §5.2), asking
+again while it is not yet stored (the broker stores it after the last byte), judge it (``check.judge``),
+record the verdict in the provider's trust record, demote a provider whose response failed, and keep the
+verdict for lookup by chat id. A caller that asked for a synchronous verdict awaits ``Job.verdict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from cachetools import TTLCache
+
+from router.errors import ConfigError, ProviderUnreachable
+from router.observability.events import Observer, Verified
+from router.pool.providers import Exclusion, ProviderKind, ProviderState
+from router.pool.trust import Outcome
+from router.transport.http import HttpTransport
+from router.verify.check import Finding, judge
+
+# Verdicts kept for `zg-router verify <chat-id>`: as long as brokers keep signatures (20 min), bounded.
+VERDICT_TTL = 20 * 60
+MAX_VERDICTS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    """``[verify]``: how much to verify and what a failure costs the provider."""
+
+    sample_rate: float = 1.0  # share of responses from TEE providers checked; 0 turns verification off
+    verified_only: bool = False  # route only to providers whose recent responses verified
+    demote_for: float = 600.0  # seconds a provider is skipped after a failed verification
+    retry_for: float = 10.0  # seconds to keep asking for a signature the broker has not stored yet
+    lookup_timeout: float = 5.0  # one signature lookup
+    queue_size: int = 1000
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ConfigError(f"verify sample_rate must be in [0, 1], got {self.sample_rate}")
+        if min(self.demote_for, self.retry_for) < 0 or self.lookup_timeout <= 0:
+            raise ConfigError("verify durations cannot be negative (lookup_timeout must be positive)")
+        if self.queue_size < 1 or self.workers < 1:
+            raise ConfigError("verify queue_size and workers must be at least 1")
+
+
+def _future() -> asyncio.Future[Finding]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(slots=True)
+class Job:
+    """One delivered response to check: what we sent, the signed part we expect, and where it came from."""
+
+    chat_id: str
+    state: ProviderState
+    request: bytes
+    response_part: str
+    request_id: str
+    verdict: asyncio.Future[Finding] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Verifier:
+    """``async with``-less: ``run()`` is one of the Router's background tasks."""
+
+    def __init__(
+        self,
+        transport: HttpTransport,
+        options: VerifyOptions,
+        emit: Observer,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self._options = options
+        self._emit = emit
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - sampling, not cryptography
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=options.queue_size)
+        self._verdicts: TTLCache[str, dict[str, Any]] = TTLCache(
+            MAX_VERDICTS, VERDICT_TTL, timer=time.monotonic
+        )
+        self.dropped = 0
+
+    @property
+    def options(self) -> VerifyOptions:
+        return self._options
+
+    def wants(self, state: ProviderState, *, forced: bool = False) -> bool:
+        """Whether to check a response of ``state``: a TEE provider with a signer, and sampled (or
+        ``forced`` by a caller who asked for a synchronous verdict)."""
+        if state.info.kind is not ProviderKind.CHAIN or state.info.tee_signer is None:
+            return False
+        rate = self._options.sample_rate
+        return forced or rate >= 1.0 or (rate > 0.0 and self._rng.random() < rate)
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job`` without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            job.verdict.set_result(Finding(Outcome.UNVERIFIABLE, "the verification queue was full"))
+            return False
+        return True
+
+    def lookup(self, chat_id: str) -> dict[str, Any] | None:
+        """A past verdict by the provider's chat id (ZG-Res-Key), while it is kept."""
+        return self._verdicts.get(chat_id.lower())
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(self._options.workers):
+                workers.create_task(self._work())
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                finding = await self._check(job)
+            except Exception as exc:
+                finding = Finding(Outcome.UNVERIFIABLE, f"verification failed to run: {type(exc).__name__}")
+            self._settle(job, finding)
+
+    async def _check(self, job: Job) -> Finding:
+        info = job.state.info
+        assert info.tee_signer is not None
+        model = info.models[0] if info.models else ""
+        url = f"{info.base_url}/signature/{quote(job.chat_id, safe='')}?model={quote(model, safe='')}"
+        give_up = self._clock() + self._options.retry_for
+        delay, last = 0.1, "no answer"
+        while True:
+            try:
+                record = await self._transport.get_json(
+                    info.kind, info.id, url, headers={}, time_left=self._options.lookup_timeout
+                )
+            except ProviderUnreachable as exc:
+                last = str(exc)
+            else:
+                return judge(
+                    record, signer=info.tee_signer, request=job.request, response_part=job.response_part
+                )
+            if self._clock() + delay > give_up:
+                return Finding(Outcome.UNVERIFIABLE, f"no signature for this response ({last})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _settle(self, job: Job, finding: Finding) -> None:
+        state = job.state
+        state.trust.record(finding.outcome, time.time(), finding.detail)
+        if finding.outcome is Outcome.FAILED:
+            state.exclude(Exclusion.UNTRUSTED, self._clock() + self._options.demote_for)
+        self._verdicts[job.chat_id.lower()] = {
+            "chat_id": job.chat_id,
+            "provider": state.id,
+            "request_id": job.request_id,
+            "outcome": finding.outcome.value,
+            "detail": finding.detail,
+            "request_hash_matched": finding.request_matched,
+            "checked_at": state.trust.last_checked,
+        }
+        if not job.verdict.done():
+            job.verdict.set_result(finding)
+        self._emit(Verified(job.request_id, state.id, job.chat_id, finding.outcome.value, finding.detail))
