@@ -93,10 +93,6 @@ class Verifier:
         )
         self.dropped = 0
 
-    @property
-    def options(self) -> VerifyOptions:
-        return self._options
-
     def wants(self, state: ProviderState, *, forced: bool = False) -> bool:
         """Whether to check a response of ``state``: a TEE provider with a signer, and sampled (or
         ``forced`` by a caller who asked for a synchronous verdict)."""

@@ -12,6 +12,7 @@ import pytest
 
 from router.devnet import Devnet
 from router.devnet.simulator.faults import Faults
+from router.errors import ConfigError
 from router.pool.health import Health
 from router.pool.limits import Gate
 from router.pool.providers import Exclusion, ProviderInfo, ProviderKind, ProviderState
@@ -128,3 +129,39 @@ async def test_a_missing_signature_is_unverifiable_never_verified(
     assert state.trust.unverifiable == 1
     assert state.excluded_at(0.0) is None
     assert verifier.lookup(job.chat_id) is not None
+
+
+def test_which_responses_are_checked() -> None:
+    """TEE chain providers with a signer, at the sample rate; a forced (synchronous) check always."""
+    tee = ProviderState(
+        ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",), tee_signer="0xsigner"),
+        Health(),
+        Gate(ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",)).limits),
+    )
+    unsigned = ProviderState(
+        ProviderInfo("0xb", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",)), Health(), Gate(tee.info.limits)
+    )
+    static = ProviderState(
+        ProviderInfo("up", ProviderKind.STATIC, "u", "p", "chatbot", ("m",), tee_signer="0xsigner"),
+        Health(),
+        Gate(tee.info.limits),
+    )
+
+    def verifier(rate: float) -> Verifier:
+        return Verifier(None, VerifyOptions(sample_rate=rate), lambda e: None, clock=lambda: 0.0)  # type: ignore[arg-type]
+
+    assert verifier(1.0).wants(tee)
+    assert not verifier(1.0).wants(unsigned)
+    assert not verifier(1.0).wants(static, forced=True)
+    assert not verifier(0.0).wants(tee)
+    assert verifier(0.0).wants(tee, forced=True)
+    half = verifier(0.5)
+    picked = sum(half.wants(tee) for _ in range(2000))
+    assert 800 < picked < 1200
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="sample_rate"):
+        VerifyOptions(sample_rate=1.5)
+    with pytest.raises(ConfigError):
+        VerifyOptions(workers=0)
