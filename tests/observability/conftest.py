@@ -25,15 +25,14 @@ import openai
 import pytest
 
 from router.client import Router
-from router.config import DiscoveryOptions, DispatchOptions, GatewayConfig, MoneyOptions, RouterConfig
+from router.config import GatewayConfig, MoneyOptions, RouterConfig
 from router.devnet import Devnet, DevnetConfig, ProviderSpec
 from router.devnet.node_tools import NodeModules
 from router.devnet.simulator.faults import Faults
 from router.devnet.simulator.limits import RateLimits
 from router.observability.events import Funded, Settled
-from router.pool.health import HealthPolicy
 from router.server.app import Gateway
-from router.transport.http import TransportOptions
+from tests.gateway.conftest import router_config as gateway_router_config
 from tests.support import NEURON, EventLog, funded_wallet
 
 API_KEY = "sk-obs-" + "0123456789abcdef" * 2
@@ -120,15 +119,8 @@ async def obs_devnet(node_modules: NodeModules) -> AsyncIterator[Devnet]:
 
 
 def router_config(devnet: Devnet, private_key: str) -> RouterConfig:
-    return RouterConfig(
-        network=devnet.network,
-        private_key=private_key,
-        transport=TransportOptions(allow_private_targets=True, stream_idle_timeout=5.0),
-        discovery=DiscoveryOptions(event_poll_interval=0.2, probe_interval=0.1),
-        health=HealthPolicy(cooldown=0.3, max_cooldown=1.0),
-        dispatch=DispatchOptions(request_timeout=30.0),
-        money=OBS_MONEY,
-    )
+    """The gateway tests' router, with the funding thresholds above (top-ups happen under traffic)."""
+    return replace(gateway_router_config(devnet, private_key), money=OBS_MONEY)
 
 
 @pytest.fixture(scope="module")
