@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from router.chain.client import ChainClient
@@ -43,3 +44,10 @@ async def new_wallet_client(fresh_devnet: Devnet) -> ChainClient:
     wallet = Wallet("0x" + os.urandom(32).hex())
     await set_balance(fresh_devnet.owner, wallet.address, 1000 * NEURON)
     return await fresh_devnet.open_client(wallet)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client session for the test."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,12 +21,6 @@ from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
 from router.devnet.node_tools import NodeModules
 from router.devnet.simulator.server import ProviderSimulator
 from tests.support import CHAT, NEURON, Client, chat_body, funded_client, run_node
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 class TestChat:

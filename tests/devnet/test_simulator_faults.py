@@ -25,12 +25,6 @@ from tests.support import CHAT, Client, assert_port_refuses, chat_body, funded_c
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def client(fresh_devnet: Devnet, http: aiohttp.ClientSession) -> AsyncIterator[Client]:
     """A funded wallet on provider 2; its simulator's knobs are reset after the test."""
     funded = await funded_client(fresh_devnet, http, provider_index=2)

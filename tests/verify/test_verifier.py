@@ -23,12 +23,6 @@ from tests.support import Client, EventLog, chat_body, funded_client
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def client(fresh_devnet: Devnet, http: aiohttp.ClientSession) -> AsyncIterator[Client]:
     funded = await funded_client(fresh_devnet, http, provider_index=1)
     try:
