@@ -6,9 +6,11 @@ Starts a devnet with fast providers (no latency, limits out of the way) in this 
 as a separate ``zg-router serve`` process pinned to one core, so that its CPU time per request can be read
 from /proc. This process (devnet + load generator) runs on the other core. Every load loop is bounded.
 
-A third target is ``bare_hop.py``, the least an aiohttp proxy can do (read, forward, write back), run the
-same way on the same core: the gateway's figures are best read against it, since absolute CPU times
-depend on the machine.
+The gateway runs twice: as configured by default (every TEE response verified after delivery, the
+verifier's lookups and hashing in the same process) and with ``[verify] sample_rate = 0``
+(``gateway_unverified``), so the cost of verification shows. A third target is ``bare_hop.py``, the
+least an aiohttp proxy can do (read, forward, write back), run the same way on the same core: the
+gateway's figures are best read against it, since absolute CPU times depend on the machine.
 
 Reported, for direct / bare hop / gateway where it applies:
 - throughput at concurrency 32 (closed loop);
@@ -161,10 +163,13 @@ async def wait_listening(process: asyncio.subprocess.Process, url: str, path: st
     raise RuntimeError(f"{url} did not come up in 15 s")
 
 
-async def start_gateway(devnet: Devnet, config_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_gateway(
+    devnet: Devnet, config_dir: Path, *, sample_rate: float
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A ``zg-router serve`` process; ``sample_rate`` is the share of responses TEE-verified."""
     port = free_port()
-    config = config_dir / "bench.toml"
-    config.write_text("[transport]\nallow_private_targets = true\n")
+    config = config_dir / f"bench-{sample_rate}.toml"
+    config.write_text(f"[transport]\nallow_private_targets = true\n[verify]\nsample_rate = {sample_rate}\n")
     env = {
         **os.environ,
         "ZG_ROUTER_NETWORK": "devnet",
@@ -228,15 +233,20 @@ async def run(quick: bool) -> dict[str, float]:
         direct = Target(upstream, direct_headers)
         with tempfile.TemporaryDirectory() as tmp:
             bare_process, bare_url = await start_bare_hop(upstream, authorization)
-            process, gateway_url = await start_gateway(devnet, Path(tmp))
+            process, gateway_url = await start_gateway(devnet, Path(tmp), sample_rate=1.0)
+            plain_process, plain_url = await start_gateway(devnet, Path(tmp), sample_rate=0.0)
             bare = Target(bare_url + "/v1/chat/completions", direct_headers)
             routed = Target(gateway_url + "/v1/chat/completions", gateway_headers)
+            unverified = Target(plain_url + "/v1/chat/completions", gateway_headers)
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                     results |= await hop_figures(http, direct, None, "direct", scale)
                     results |= await hop_figures(http, bare, bare_process.pid, "bare_hop", scale)
                     results |= await hop_figures(http, routed, process.pid, "gateway", scale)
-                    for hop in ("bare_hop", "gateway"):
+                    results |= await hop_figures(
+                        http, unverified, plain_process.pid, "gateway_unverified", scale
+                    )
+                    for hop in ("bare_hop", "gateway", "gateway_unverified"):
                         for q in ("p50", "p99"):
                             results[f"{hop}_added_{q}_ms"] = (
                                 results[f"{hop}_{q}_ms"] - results[f"direct_{q}_ms"]
@@ -251,7 +261,7 @@ async def run(quick: bool) -> dict[str, float]:
                     )
                     results["gateway_rss_mb"] = rss_mb(process.pid)
             finally:
-                for hop_process in (process, bare_process):
+                for hop_process in (process, plain_process, bare_process):
                     hop_process.terminate()
                     await hop_process.wait()
     return results

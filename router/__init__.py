@@ -21,6 +21,7 @@ _EXPORTS = {
     "ConfigError": "router.errors",
     "DiscoveryOptions": "router.config",
     "DispatchOptions": "router.config",
+    "Endpoint": "router.replies",
     "Gateway": "router.server.app",
     "GatewayConfig": "router.config",
     "HealthPolicy": "router.pool.health",
@@ -39,6 +40,7 @@ _EXPORTS = {
     "TransportOptions": "router.transport.http",
     "Unauthorized": "router.errors",
     "UpstreamRejected": "router.errors",
+    "VerifyOptions": "router.verify.verifier",
     "load_config": "router.config",
     "network_by_name": "router.chain.networks",
 }
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigError",
     "DiscoveryOptions",
     "DispatchOptions",
+    "Endpoint",
     "Gateway",
     "GatewayConfig",
     "HealthPolicy",
@@ -67,6 +70,7 @@ __all__ = [
     "TransportOptions",
     "Unauthorized",
     "UpstreamRejected",
+    "VerifyOptions",
     "load_config",
     "network_by_name",
 ]
@@ -98,8 +102,10 @@ if TYPE_CHECKING:
     )
     from router.policy.select import Strategy
     from router.pool.health import HealthPolicy
+    from router.replies import Endpoint
     from router.server.app import Gateway
     from router.transport.http import TransportOptions
+    from router.verify.verifier import VerifyOptions
 
 
 def __getattr__(name: str) -> Any:

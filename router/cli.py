@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         ("providers", "the pool: models, limits, health and our balance at each provider"),
         ("fund", "move 0G from the ledger to a provider's sub-account"),
         ("refund", "queue refunds of provider sub-accounts (and stop funding them)"),
+        ("verify", "the TEE verdict on a past response, by its chat id (the x-zg-chat-id header)"),
     ):
         admin = commands.add_parser(
             name,
@@ -123,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "fund":
             admin.add_argument("--provider", required=True, help="the provider's address")
             admin.add_argument("--amount", required=True, help="how much 0G, such as 1.5")
+        if name == "verify":
+            admin.add_argument("chat_id", metavar="CHAT-ID", help="the response's x-zg-chat-id")
         if name == "refund":
             admin.add_argument(
                 "--provider",

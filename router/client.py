@@ -10,6 +10,7 @@ in-process (the library API) or for the gateway, through one dispatch loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import uuid
@@ -39,6 +40,9 @@ from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, P
 from router.replies import Call, Endpoint, Reply, StreamReply, max_output
 from router.transport.http import HttpTransport
 from router.types import TxResult
+from router.verify.check import Finding
+from router.verify.verifier import Verifier
+from router.verify.warmup import TrustWarmup
 
 
 class Router:
@@ -56,6 +60,7 @@ class Router:
         self._funder: Funder | None = None
         self._balances: BalanceSync | None = None
         self._watcher: SettlementWatcher | None = None
+        self._verifier: Verifier | None = None
         self.wallet_address: str | None = None
 
     def __repr__(self) -> str:
@@ -92,8 +97,10 @@ class Router:
         transport = await self._stack.enter_async_context(HttpTransport(config.transport))
         admission = await self._stack.enter_async_context(Admission(clock=clock))
         self._pool, self._admission = pool, admission
+        verifier = self._verifier = Verifier(transport, config.verify, self.emit, clock=clock)
         background: list[Callable[[], Coroutine[Any, Any, None]]] = [
-            functools.partial(Prober(pool, transport, config.discovery, self.emit).run, admission.wake)
+            functools.partial(Prober(pool, transport, config.discovery, self.emit).run, admission.wake),
+            verifier.run,
         ]
         if config.network is not None:
             background += await self._open_chain(config.network, pool, transport, admission)
@@ -108,7 +115,18 @@ class Router:
             accounts=self._accounts,
             on_unfunded=self._unfunded,
             default_max_tokens=config.money.default_max_tokens,
+            verifier=verifier,
         )
+        if config.verify.verified_only:
+            warmup = TrustWarmup(
+                pool,
+                self._dispatcher.dispatch,
+                self.verdict,
+                self.emit,
+                clock=clock,
+                interval=config.discovery.probe_interval,
+            )
+            background.append(warmup.run)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         running = [tasks.create_task(run()) for run in background]
         # Runs before the TaskGroup's exit (the stack unwinds in reverse); the group then awaits them.
@@ -219,9 +237,13 @@ class Router:
         request_id: str | None = None,
         timeout: float | None = None,
         max_output: int | None = None,
+        verify_sync: bool = False,
     ) -> Call:
-        """A ``Call`` with its deadline set from now (``timeout`` or the configured request timeout)."""
+        """A ``Call`` with its deadline set from now (``timeout`` or the configured request timeout).
+        ``[verify] verified_only`` holds for every call, whatever its own preferences say."""
         budget = timeout if timeout is not None else self.config.dispatch.request_timeout
+        if self.config.verify.verified_only and not prefs.verified_only:
+            prefs = dataclasses.replace(prefs, verified_only=True)
         return Call(
             endpoint=endpoint,
             model=model,
@@ -232,6 +254,7 @@ class Router:
             request_id=request_id or uuid.uuid4().hex,
             deadline=self.now() + budget,
             max_output=max_output,
+            verify_sync=verify_sync,
         )
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
@@ -239,6 +262,21 @@ class Router:
         if self._dispatcher is None:
             raise RouterError("the Router is not open: use `async with Router(config) as router:`")
         return await self._dispatcher.dispatch(call)
+
+    async def verdict(self, reply: Reply | StreamReply) -> Finding | None:
+        """Wait for the TEE verdict on ``reply`` (a stream's once it has ended); None if it is not
+        checked (not sampled, or verification is off for it)."""
+        if reply.verification is None:
+            return None
+        assert self._verifier is not None
+        return await self._verifier.wait(reply.verification)
+
+    def verification(self, chat_id: str) -> dict[str, Any] | None:
+        """The verdict on a past response by its chat id (``x-zg-chat-id``), kept for 20 minutes; None
+        when unknown, expired, not sampled, or not checked yet."""
+        if self._verifier is None:
+            raise RouterError("the Router is not open: use `async with Router(config) as router:`")
+        return self._verifier.lookup(chat_id)
 
     def models(self) -> list[dict[str, Any]]:
         """Every model on offer, with provider count, price range, TEE and per-provider details."""

@@ -21,6 +21,7 @@ from router.pool.health import HealthPolicy
 from router.pool.limits import ProviderLimits
 from router.transport.http import TransportOptions
 from router.types import NEURON_PER_0G
+from router.verify.verifier import VerifyOptions
 
 DEFAULT_PORT = 8080
 # The broker's own body cap (protocol.md §4.2): anything larger would be refused there anyway.
@@ -170,6 +171,7 @@ class RouterConfig:
     transport: TransportOptions = field(default_factory=TransportOptions)
     health: HealthPolicy = field(default_factory=HealthPolicy)
     money: MoneyOptions = field(default_factory=MoneyOptions)
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
 
     def __post_init__(self) -> None:
         if self.network is None and not self.static_upstreams:
@@ -237,6 +239,7 @@ _TOP_KEYS = {
     "transport",
     "health",
     "money",
+    "verify",
     "upstreams",
 }
 
@@ -266,6 +269,7 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         transport=_section(TransportOptions, data.get("transport", {}), "transport"),
         health=_section(HealthPolicy, data.get("health", {}), "health"),
         money=_section(MoneyOptions, data.get("money", {}), "money"),
+        verify=_section(VerifyOptions, data.get("verify", {}), "verify"),
     )
     gateway_data = dict(_table(data.get("gateway", {}), "gateway"))
     if "ZG_ROUTER_API_KEYS" in env:

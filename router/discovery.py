@@ -85,6 +85,8 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
         output_price=output_price,
         verifiability=service.verifiability,
         tee_signer=tee_signer(service, extra),
+        registered_signer=service.tee_signer_address or None,
+        signer_acknowledged=service.tee_signer_acknowledged,
         limits=limits,
         price_tiers=tiers,
         cache_divisor=cache_divisor,

@@ -9,6 +9,8 @@ only once its first event has arrived. The slot goes back exactly once on every 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import random
 from collections.abc import Awaitable, Callable
 
@@ -26,13 +28,15 @@ from router.errors import (
 )
 from router.observability.events import AttemptFailed, Observer, RequestFinished
 from router.policy.outcome import Verdict, classify, error_message, reset_seconds
-from router.policy.select import eligible, rank
+from router.policy.select import eligible, rank, retry_candidates
 from router.pool.accounting import Accounts, FundingState, Hold
 from router.pool.admission import Admission
 from router.pool.pricing import Charge, reply_charge
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
 from router.replies import Call, Endpoint, Reply, Slot, StreamReply
 from router.transport.http import HttpTransport, Upstream
+from router.verify.check import Finding
+from router.verify.verifier import Verifier
 
 Authorizer = Callable[[ProviderInfo], Awaitable[str]]
 # Static upstreams are not our 0G money: their requests hold nothing.
@@ -43,7 +47,7 @@ _NO_CHARGE = Charge(None)
 class _Run:
     """One request's progress through its attempts."""
 
-    __slots__ = ("_last", "attempts", "call", "counted", "queued", "started", "tried")
+    __slots__ = ("_last", "attempts", "call", "counted", "failed_at", "queued", "started", "tried")
 
     def __init__(self, call: Call, started: float) -> None:
         self.call = call
@@ -52,12 +56,15 @@ class _Run:
         self.counted = 0
         self.queued = 0.0  # seconds spent waiting for provider slots, over all attempts
         self.tried: set[str] = set()
+        self.failed_at: set[str] = set()  # providers whose failure counted against this request
         self._last: _FailOver | None = None
 
     def failed(self, exc: BaseException | None) -> None:
         if isinstance(exc, _FailOver) and exc is not self._last:
             self._last = exc
-            self.counted += exc.counts
+            if exc.counts:
+                self.counted += 1
+                self.failed_at.add(exc.provider)
 
     def last_failure(self) -> _FailOver:
         assert self._last is not None
@@ -67,8 +74,9 @@ class _Run:
 class _FailOver(Exception):
     """This attempt failed in a way another attempt may fix."""
 
-    def __init__(self, status: int | None, detail: str, *, counts: bool = True) -> None:
+    def __init__(self, provider: str, status: int | None, detail: str, *, counts: bool) -> None:
         super().__init__(detail)
+        self.provider = provider
         self.status = status
         self.detail = detail
         self.counts = counts
@@ -90,6 +98,7 @@ class Dispatcher:
         accounts: Accounts | None = None,
         on_unfunded: Callable[[ProviderState], None] = lambda _: None,
         default_max_tokens: int = 4096,
+        verifier: Verifier | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
@@ -102,6 +111,7 @@ class Dispatcher:
         self._accounts = accounts
         self._on_unfunded = on_unfunded
         self._default_max_tokens = default_max_tokens
+        self._verifier = verifier
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
@@ -159,8 +169,7 @@ class Dispatcher:
 
     async def _next_attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
         run.attempts += 1
-        fresh = [s for s in candidates if s.id not in run.tried] or candidates
-        return await self._attempt(run, fresh)
+        return await self._attempt(run, retry_candidates(candidates, run.tried, run.failed_at))
 
     def _candidates(self, call: Call) -> list[ProviderState]:
         everyone = self._pool.candidates(call.endpoint.service_type, call.model)
@@ -179,6 +188,17 @@ class Dispatcher:
                 param="model",
             )
         allowed = eligible(everyone, call.prefs)
+        if (
+            not allowed
+            and call.prefs.verified_only
+            and eligible(everyone, dataclasses.replace(call.prefs, verified_only=False))
+        ):
+            raise NoProviderAvailable(
+                f"none of the {len(everyone)} provider(s) of {call.model!r} has verified responses "
+                "yet (verified_only); verification checks responses as traffic flows, so send traffic "
+                "that allows unverified providers first, or see `zg-router providers` for trust",
+                code="no_verified_provider",
+            )
         if not allowed:
             raise NoProviderAvailable(
                 f"none of the {len(everyone)} provider(s) of {call.model!r} matches the request's provider "
@@ -293,9 +313,11 @@ class Dispatcher:
             raise self._failed(call, state, 200, Verdict.UNHEALTHY, str(exc)) from None
         done = self._admission.now()
         state.health.record_success(latency=done - sent)
-        charge = reply_charge(info.pricing, body, images=call.endpoint is Endpoint.IMAGES)
+        images = call.endpoint is Endpoint.IMAGES
+        charge = reply_charge(info.pricing, body, images=images)
         slot.cost = charge.cost
         self._finish(run, upstream.status, info.id, charge)
+        res_key = upstream.headers.get("ZG-Res-Key")
         return Reply(
             status=upstream.status,
             body=body,
@@ -303,8 +325,19 @@ class Dispatcher:
             provider=info.id,
             attempts=run.attempts,
             cost=charge.cost,
-            res_key=upstream.headers.get("ZG-Res-Key"),
+            res_key=res_key,
+            verifiability=info.verifiability,
+            verification=self._check_later(call, state, res_key, body, images=images),
         )
+
+    def _check_later(
+        self, call: Call, state: ProviderState, res_key: str | None, body: bytes, *, images: bool
+    ) -> asyncio.Future[Finding] | None:
+        """The TEE verdict to come on a whole reply, when it is to be checked."""
+        verifier = self._verifier
+        if verifier is None or not verifier.wants(state, forced=call.verify_sync):
+            return None
+        return verifier.check(state, res_key, call.body, (body,), request_id=call.request_id, images=images)
 
     async def _open_stream(
         self, run: _Run, state: ProviderState, slot: Slot, upstream: Upstream, sent: float
@@ -328,6 +361,13 @@ class Dispatcher:
         def broken(detail: str) -> None:
             self._emit(AttemptFailed(call.request_id, state.id, "stream_broken", 200, detail[:300]))
 
+        verifier = self._verifier
+        verify = wait = None
+        if verifier is not None and verifier.wants(state, forced=call.verify_sync):
+            res_key = upstream.headers.get("ZG-Res-Key")
+            verify = functools.partial(verifier.check, state, res_key, call.body, request_id=call.request_id)
+            wait = verifier.wait if call.verify_sync else None
+
         return StreamReply(
             state,
             slot.hand_over(),
@@ -339,6 +379,8 @@ class Dispatcher:
             finish=finish,
             emit_broken=broken,
             elapsed=lambda: self._admission.now() - sent,
+            verify=verify,
+            wait=wait,
         )
 
     def _failed(
@@ -359,6 +401,7 @@ class Dispatcher:
             self._on_misconfigured(state)
         self._emit(AttemptFailed(call.request_id, state.id, verdict.value, status, detail[:300]))
         return _FailOver(
+            state.id,
             status,
             f"{state.id}: {status or 'no reply'} {detail[:200]}",
             counts=verdict is not Verdict.RATE_LIMITED,

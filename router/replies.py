@@ -5,8 +5,9 @@ API consume them.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from router.pool.pricing import Charge
 from router.pool.providers import ProviderState
 from router.transport.http import Upstream
 from router.transport.sse import DONE, error_event, is_done, usage_of
+from router.verify.check import Finding
 
 
 class Endpoint(enum.Enum):
@@ -47,6 +49,7 @@ class Call:
     request_id: str
     deadline: float
     max_output: int | None = None
+    verify_sync: bool = False  # the caller waits for the TEE verdict (x-zg-verify: sync)
 
 
 @dataclass(slots=True)
@@ -59,7 +62,9 @@ class Reply:
     provider: str
     attempts: int
     cost: int | None
-    res_key: str | None
+    res_key: str | None  # the provider's chat id (ZG-Res-Key): where its signature is looked up
+    verifiability: str = ""
+    verification: asyncio.Future[Finding] | None = None  # the TEE verdict to come, if it is checked
 
 
 class Slot:
@@ -111,7 +116,12 @@ class StreamReply:
         finish: Callable[[int, Charge, str | None], None],
         emit_broken: Callable[[str], None],
         elapsed: Callable[[], float],
+        verify: Callable[[Sequence[bytes]], asyncio.Future[Finding]] | None = None,
+        wait: Callable[[asyncio.Future[Finding]], Awaitable[Finding]] | None = None,
     ) -> None:
+        """``verify`` (when this stream is checked) takes the relayed upstream bytes once the stream
+        ended well; ``wait`` (when the caller asked for a synchronous verdict) awaits that verdict, which
+        then precedes ``[DONE]`` as an SSE comment."""
         self._state = state
         self._slot = slot
         self._upstream = upstream
@@ -125,6 +135,10 @@ class StreamReply:
         self.attempts = attempts
         self.ttft = ttft
         self.res_key = upstream.headers.get("ZG-Res-Key")
+        self.verifiability = state.info.verifiability
+        self.verification: asyncio.Future[Finding] | None = None
+        self._verify = verify
+        self._wait = wait
         self.usage: dict[str, Any] | None = None
         self.charge = Charge(None)
         self._iterator = self._run()
@@ -142,21 +156,44 @@ class StreamReply:
         health = self._state.health
         status: int = 499
         error: str | None = "the caller closed the stream"
+        # The upstream's bytes as relayed, for the verifier: kept by reference, hashed by its workers.
+        relayed: list[bytes] | None = [] if self._verify is not None else None
         try:
             event: bytes | None = self._first
+            # The upstream's [DONE] (and any whitespace after it) is held back, so that a synchronous
+            # verdict can go before it; anything else after it flushes it, keeping the upstream's order.
+            held: bytes | None = None
             saw_done = False
             while event is not None:
-                if is_done(event):
-                    saw_done = True
-                elif (usage := usage_of(event)) is not None:
-                    self.usage = usage
-                yield event
+                if relayed is not None:
+                    relayed.append(event)
+                if held is not None and not event.strip():
+                    held += event
+                elif is_done(event):
+                    if held is not None:
+                        yield held
+                    held, saw_done = event, True
+                else:
+                    if held is not None:
+                        yield held
+                        held = None
+                    if (usage := usage_of(event)) is not None:
+                        self.usage = usage
+                    yield event
                 event = await anext(self._upstream_events, None)
-            if not saw_done:
-                yield DONE
             health.record_success(latency=self._elapsed(), ttft=self.ttft)
             self.charge = self._state.info.pricing.usage_charge(self.usage)
             status, error = 200, None
+            if self._verify is not None and relayed is not None:
+                self.verification = self._verify(relayed)
+                if self._wait is not None:
+                    # The provider is done: its slot and balance hold go back before the wait.
+                    self._end(status, error)
+                    yield verdict_comment(await self._wait(self.verification))
+            if held is not None:
+                yield held
+            elif not saw_done:
+                yield DONE
         except ProviderUnreachable as exc:
             status, error = 502, str(exc)
             health.record_failure()
@@ -177,6 +214,11 @@ class StreamReply:
         self._slot.cost = cost if cost is not None else self._slot.hold.amount
         self._slot.release()
         self._finish(status, self.charge, error)
+
+
+def verdict_comment(finding: Finding) -> bytes:
+    """A stream's synchronous verdict: an SSE comment line, which clients that do not look skip."""
+    return f": x-zg-verify: {finding.outcome.value}\n\n".encode()
 
 
 def max_output(endpoint: Endpoint, payload: Mapping[str, Any]) -> int | None:

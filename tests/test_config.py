@@ -24,6 +24,7 @@ from router.policy.select import Strategy
 from router.pool.health import HealthPolicy
 from router.pool.limits import ProviderLimits
 from router.transport.http import TransportOptions
+from router.verify.verifier import VerifyOptions
 
 WALLET_KEY = "0x" + "ab" * 32
 OTHER_KEY = "0x" + "cd" * 32
@@ -624,3 +625,81 @@ class TestOptionValidation:
             match=re.escape(f"network 'devnet' needs a wallet key to sign session tokens: set {KEY_VARS}"),
         ):
             RouterConfig(network=DEVNET)
+
+
+class TestVerifySection:
+    def test_every_key_is_read(self, tmp_path: Path) -> None:
+        """Each [verify] key lands in RouterConfig.verify."""
+        section = """
+[verify]
+sample_rate = 0.25
+verified_only = true
+demote_for = 30.0
+retry_for = 2.5
+lookup_timeout = 1.5
+queue_size = 50
+workers = 2
+"""
+        router, _ = load_config(write(tmp_path, UPSTREAM + ANONYMOUS + section), {})
+        assert router.verify == VerifyOptions(
+            sample_rate=0.25,
+            verified_only=True,
+            demote_for=30.0,
+            retry_for=2.5,
+            lookup_timeout=1.5,
+            queue_size=50,
+            workers=2,
+        )
+
+    def test_defaults_and_whole_numbers(self, tmp_path: Path) -> None:
+        """Without the section every response of a TEE provider is checked and none is required; a float
+        key takes a whole number."""
+        router, _ = load_config(write(tmp_path, UPSTREAM + ANONYMOUS), {})
+        assert router.verify == VerifyOptions()
+        assert (router.verify.sample_rate, router.verify.verified_only) == (1.0, False)
+        section = "[verify]\nsample_rate = 0\ndemote_for = 0\n"
+        router, _ = load_config(write(tmp_path, UPSTREAM + ANONYMOUS + section), {})
+        assert (router.verify.sample_rate, router.verify.demote_for) == (0, 0)
+
+    @pytest.mark.parametrize(
+        ("line", "message"),
+        [
+            ('verified_only = "yes"', "[verify] verified_only must be true or false, got 'yes'"),
+            ("verified_only = 1", "[verify] verified_only must be true or false, got 1"),
+            ('sample_rate = "0.5"', "[verify] sample_rate must be a number, got '0.5'"),
+            ("demote_for = true", "[verify] demote_for must be a number, got True"),
+            ("workers = 2.5", "[verify] workers must be an integer, got 2.5"),
+            ("queue_size = true", "[verify] queue_size must be an integer, got True"),
+        ],
+    )
+    def test_wrong_types_are_named(self, tmp_path: Path, line: str, message: str) -> None:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(write(tmp_path, UPSTREAM + ANONYMOUS + f"[verify]\n{line}\n"), {})
+
+    @pytest.mark.parametrize(
+        ("line", "message"),
+        [
+            ("sample_rate = 1.5", "verify sample_rate must be in [0, 1], got 1.5"),
+            ("sample_rate = -0.1", "verify sample_rate must be in [0, 1], got -0.1"),
+            ("sample_rate = nan", "[verify] rates and durations must be finite numbers"),
+            ("retry_for = inf", "[verify] rates and durations must be finite numbers"),
+            ("demote_for = -1", "verify durations cannot be negative"),
+            ("lookup_timeout = 0", "lookup_timeout must be positive"),
+            ("workers = 0", "verify queue_size and workers must be at least 1"),
+            ("queue_size = 0", "verify queue_size and workers must be at least 1"),
+        ],
+    )
+    def test_values_out_of_range(self, tmp_path: Path, line: str, message: str) -> None:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(write(tmp_path, UPSTREAM + ANONYMOUS + f"[verify]\n{line}\n"), {})
+
+    def test_unknown_keys_are_named_with_the_known_ones(self, tmp_path: Path) -> None:
+        known = "demote_for, lookup_timeout, queue_size, retry_for, sample_rate, verified_only, workers"
+        with pytest.raises(
+            ConfigError, match=re.escape(f"unknown key(s) in [verify]: rate, sync; known: {known}")
+        ):
+            load_config(write(tmp_path, UPSTREAM + ANONYMOUS + "[verify]\nsync = true\nrate = 1\n"), {})
+
+    def test_the_section_must_be_a_table(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match=re.escape("[verify] must be a table")):
+            load_config(write(tmp_path, "verify = true\n" + UPSTREAM + ANONYMOUS), {})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.pool.accounting import Accounts, FundingState, SubAccount
-from router.pool.catalog import provider_detail
+from router.pool.catalog import attestation, provider_detail
 from router.pool.providers import Pool
 
 ALERT_STATES = (FundingState.LEDGER_LOW, FundingState.PROVIDER_CAP, FundingState.FAILED)
@@ -61,6 +61,7 @@ def providers_report(pool: Pool, accounts: Accounts | None, now: float) -> list[
         detail = provider_detail(state, now)
         detail["models"] = list(state.info.models)
         detail["limiter"] = {"in_flight": state.gate.in_flight, "has_token": state.gate.has_token()}
+        detail["attestation"] = attestation(state)
         account = accounts.get(state.id) if accounts is not None else None
         detail["balance"] = account_view(account) if account is not None else None
         report.append(detail)

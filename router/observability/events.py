@@ -58,7 +58,14 @@ class BreakerChanged:
 
 
 # The ``task`` of every BackgroundError the router emits.
-BACKGROUND_TASKS = ("discovery", "session-token", "balance-sync", "unsettled-fee", "settlement-watcher")
+BACKGROUND_TASKS = (
+    "discovery",
+    "session-token",
+    "balance-sync",
+    "unsettled-fee",
+    "settlement-watcher",
+    "trust-warmup",
+)
 
 
 @dataclass(frozen=True, slots=True)

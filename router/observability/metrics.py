@@ -31,6 +31,7 @@ from router.observability.events import (
     RpcFailed,
     Settled,
     SettlementRejected,
+    Verified,
     WatcherProgress,
 )
 from router.policy.outcome import Verdict
@@ -111,6 +112,11 @@ class Metrics:
         self.settlement_rejections = counter(
             "settlement_rejections", "Settlements for our wallet that failed on chain."
         )
+        self.verifications = counter(
+            "verifications",
+            "TEE verification verdicts on delivered responses: verified, failed or unverifiable.",
+            ("provider", "outcome"),
+        )
         self.background_errors = counter(
             "background_errors", "Failed rounds of background tasks, by task.", ("task",)
         )
@@ -166,6 +172,8 @@ class Metrics:
             self.settlement_rejections.inc()
         elif isinstance(event, BackgroundError):
             self.background_errors.labels(event.task).inc()
+        elif isinstance(event, Verified):
+            self.verifications.labels(event.provider, event.outcome).inc()
 
     def _finished(self, event: RequestFinished) -> None:
         model = event.model if self._router.pool.knows_model(event.model) else UNKNOWN_MODEL

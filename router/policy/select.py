@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 from router.errors import InvalidRequest
 from router.pool.providers import ProviderState
+from router.pool.trust import TrustState
 
 
 class Strategy(enum.Enum):
@@ -45,7 +46,8 @@ TEE_ML_ONLY = frozenset({"TeeML"})
 @dataclass(frozen=True, slots=True)
 class Preferences:
     """A request's routing wishes. Provider ids are compared lowercased; an empty ``verifiability``
-    accepts any provider, otherwise only providers whose verifiability is in it."""
+    accepts any provider, otherwise only providers whose verifiability is in it. ``verified_only`` keeps
+    the providers whose responses we verified (and whose latest check did not fail)."""
 
     order: tuple[str, ...] = ()
     only: frozenset[str] = frozenset()
@@ -55,6 +57,7 @@ class Preferences:
     max_prompt_price: int | None = None
     max_completion_price: int | None = None
     verifiability: frozenset[str] = frozenset()
+    verified_only: bool = False
 
 
 NO_PREFERENCES = Preferences()
@@ -110,8 +113,8 @@ def _from_body(field: object) -> dict[str, Any]:
             )
         values["max_prompt_price"] = _price(max_price.get("prompt"), "provider.max_price.prompt")
         values["max_completion_price"] = _price(max_price.get("completion"), "provider.max_price.completion")
-    if "verified_only" in field and _flag(field["verified_only"], "provider.verified_only"):
-        values["verifiability"] = VERIFIED
+    if "verified_only" in field:
+        values["verified_only"] = _flag(field["verified_only"], "provider.verified_only")
     return values
 
 
@@ -143,7 +146,7 @@ def _from_headers(headers: Mapping[str, str]) -> tuple[dict[str, Any], bool]:
     if found := get("X-ZG-Max-Price-Completion"):
         values["max_completion_price"] = _header_price(*reversed(found))
     if found := get("X-ZG-Verified-Only"):
-        values["verifiability"] = VERIFIED if _header_flag(*reversed(found)) else frozenset()
+        values["verified_only"] = _header_flag(*reversed(found))
     if found := get("X-0G-Provider-Trust-Mode"):
         modes = {"standard": frozenset(), "verified": VERIFIED, "private": TEE_ML_ONLY}
         mode = found[1].strip().lower()
@@ -216,8 +219,22 @@ def eligible(candidates: Sequence[ProviderState], prefs: Preferences) -> list[Pr
             continue
         if prefs.verifiability and info.verifiability not in prefs.verifiability:
             continue
+        if prefs.verified_only and state.trust.state is not TrustState.VERIFIED:
+            continue
         out.append(state)
     return out
+
+
+def retry_candidates(
+    candidates: Sequence[ProviderState], tried: Set[str], failed: Set[str]
+) -> list[ProviderState]:
+    """The candidates for a request's next attempt: those it has not tried yet; once it tried them all,
+    those that did not fail it (they only rate-limited it, so their queue is the better bet than a
+    provider that just failed); failing that, everyone."""
+    untried = [s for s in candidates if s.id not in tried]
+    if untried:
+        return untried
+    return [s for s in candidates if s.id not in failed] or list(candidates)
 
 
 def rank(

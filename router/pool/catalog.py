@@ -60,3 +60,15 @@ def provider_detail(state: ProviderState, now: float) -> dict[str, Any]:
         "in_flight": gate.in_flight,
         "excluded": excluded.value if excluded else None,
     }
+
+
+def attestation(state: ProviderState) -> dict[str, Any]:
+    """What the chain says about a provider's TEE and what verifying its responses has shown."""
+    info = state.info
+    return {
+        "verifiability": info.verifiability,
+        "registered_signer": info.registered_signer,
+        "signer_acknowledged": info.signer_acknowledged,
+        "checked_signer": info.tee_signer,
+        "trust": state.trust.as_dict(),
+    }

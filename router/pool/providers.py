@@ -43,6 +43,9 @@ class ProviderInfo:
     verifiability: str = ""
     # The acknowledged address its TEE signs responses with (protocol.md §5.4); None when it signs none.
     tee_signer: str | None = None
+    # What the chain says, for the attestation view: the registered signer and the user's acknowledgement.
+    registered_signer: str | None = None
+    signer_acknowledged: bool = False
     limits: ProviderLimits = field(default_factory=ProviderLimits)
     api_key: str | None = field(default=None, repr=False)
     price_tiers: tuple[PriceTier, ...] = ()

@@ -4,6 +4,7 @@
     GET  /admin/providers   the pool: models, prices, limits, health, in-flight, our balance at each
     POST /admin/fund        {"provider": "0x…", "amount": "1.5"}   (0G) ledger → sub-account
     POST /admin/refund      {"providers": ["0x…"]} (optional; default every funded provider)
+    GET  /admin/verify/{chat_id}   the TEE verdict on a past response (its x-zg-chat-id), kept 20 minutes
 
 Gateway API keys do not open these routes: only the keys in ``admin_keys`` do, and with none configured
 the routes answer 403. Errors are OpenAI-shaped like the rest of the gateway.
@@ -90,6 +91,7 @@ def add_admin_routes(
     app.router.add_get("/admin/providers", guarded(_providers))
     app.router.add_post("/admin/fund", guarded(_fund))
     app.router.add_post("/admin/refund", guarded(_refund))
+    app.router.add_get("/admin/verify/{chat_id}", guarded(_verify))
 
 
 class _BadInput(Exception):
@@ -125,6 +127,20 @@ async def _refund(request: web.Request, router: Router) -> web.Response:
         raise _BadInput("`providers` must be a non-empty list of provider addresses")
     results = await router.refund(providers)
     return web.json_response({"transactions": [_tx(r) for r in results]})
+
+
+async def _verify(request: web.Request, router: Router) -> web.Response:
+    chat_id = request.match_info["chat_id"]
+    verdict = router.verification(chat_id)
+    if verdict is None:
+        return _error(
+            404,
+            f"no verdict for chat id {chat_id[:80]!r}: unknown, older than 20 minutes, not sampled, or still "
+            "being checked",
+            "not_found_error",
+            "verdict_not_found",
+        )
+    return web.json_response(verdict)
 
 
 def parse_amount(raw: object) -> int:

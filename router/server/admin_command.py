@@ -1,4 +1,4 @@
-"""``zg-router balance | providers | fund | refund``: the admin API of a running gateway, from a shell.
+"""``zg-router balance | providers | fund | refund | verify``: a running gateway's admin API, from a shell.
 
 Money moves through the gateway's own transaction signer (one nonce sequence per wallet), never from a
 second process with the same key. The gateway's URL comes from ``--url`` or ``ZG_ROUTER_URL``; the admin
@@ -12,6 +12,7 @@ import json
 import os
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -73,6 +74,8 @@ def _request_of(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | No
         return "GET", "/admin/providers", None
     if args.command == "fund":
         return "POST", "/admin/fund", {"provider": args.provider, "amount": args.amount}
+    if args.command == "verify":
+        return "GET", f"/admin/verify/{quote(args.chat_id, safe='')}", None
     return "POST", "/admin/refund", {"providers": args.providers} if args.providers else {}
 
 
@@ -81,6 +84,8 @@ def _render(command: str, reply: dict[str, Any]) -> str:
         return _render_balance(reply)
     if command == "providers":
         return _render_providers(reply["providers"])
+    if command == "verify":
+        return _render_verdict(reply)
     if command == "fund":
         return f"funded {reply['provider']} with {og(reply['amount'])} 0G (tx {reply['tx_hash']})"
     txs = reply["transactions"]
@@ -110,16 +115,39 @@ def _render_balance(reply: dict[str, Any]) -> str:
 
 
 def _render_providers(providers: list[dict[str, Any]]) -> str:
-    lines = [f"{'PROVIDER':<44}{'MODELS':<24}{'BREAKER':<11}{'LIMITS':<12}{'IN-FLIGHT':>10}{'AVAILABLE':>14}"]
+    lines = [
+        f"{'PROVIDER':<44}{'MODELS':<24}{'BREAKER':<11}{'LIMITS':<12}{'IN-FLIGHT':>10}{'AVAILABLE':>14}"
+        f"  {'TEE':<8}{'SIGNER':<44}{'ACK':<5}{'TRUST':<12}CHECKS(ok/failed/n-a)"
+    ]
     for p in providers:
         limits = p["limits"]
         rpm = f"{limits['requests_per_minute']:g}/{limits['burst']}/{limits['max_concurrent']}"
         balance = p.get("balance")
         available = og(balance["available"]) if balance else "-"
         models = ",".join(p["models"])
+        tee = p["attestation"]
+        trust = tee["trust"]
+        checks = f"{trust['verified']}/{trust['failed']}/{trust['unverifiable']}"
         lines.append(
-            f"{p['id']:<44}{models[:23]:<24}{p['health']['breaker']:<11}{rpm:<12}{p['in_flight']:>10}{available:>14}"
+            f"{p['id']:<44}{models[:23]:<24}{p['health']['breaker']:<11}{rpm:<12}{p['in_flight']:>10}"
+            f"{available:>14}  {tee['verifiability'] or '-':<8}{tee['checked_signer'] or '-':<44}"
+            f"{'yes' if tee['signer_acknowledged'] else 'no':<5}{trust['state']:<12}{checks}"
         )
+    return "\n".join(lines)
+
+
+def _render_verdict(verdict: dict[str, Any]) -> str:
+    lines = [
+        f"chat id   {verdict['chat_id']}",
+        f"verdict   {verdict['outcome']}: {verdict['detail']}",
+        f"provider  {verdict['provider']}",
+        f"request   {verdict['request_id']}",
+    ]
+    if verdict["request_hash_matched"] is not None:
+        matched = (
+            "yes" if verdict["request_hash_matched"] else "no (the broker rewrote the body it forwarded)"
+        )
+        lines.append(f"request hash matched  {matched}")
     return "\n".join(lines)
 
 

@@ -194,11 +194,12 @@ async def _json_endpoint(request: web.Request, request_id: str, *, endpoint: End
         prefs=parsed.prefs,
         request_id=request_id,
         max_output=parsed.max_output,
+        verify_sync=parsed.verify_sync,
     )
     reply = await router.dispatch(call)
     if isinstance(reply, StreamReply):
         return await _stream(request, reply, request_id)
-    return _whole(reply, request_id)
+    return await _whole(router, reply, request_id, verify_sync=call.verify_sync)
 
 
 async def _transcription(request: web.Request, request_id: str) -> web.StreamResponse:
@@ -213,14 +214,18 @@ async def _transcription(request: web.Request, request_id: str) -> web.StreamRes
         content_type=parsed.content_type,
         prefs=parsed.prefs,
         request_id=request_id,
+        verify_sync=parsed.verify_sync,
     )
     reply = await router.dispatch(call)
     assert isinstance(reply, Reply)
-    return _whole(reply, request_id)
+    return await _whole(router, reply, request_id, verify_sync=call.verify_sync)
 
 
-def _whole(reply: Reply, request_id: str) -> web.Response:
+async def _whole(router: Router, reply: Reply, request_id: str, *, verify_sync: bool) -> web.Response:
     headers = _reply_headers(request_id, reply.attempts, reply.provider, reply.res_key)
+    headers["x-zg-verifiability"] = reply.verifiability or "none"
+    if verify_sync and (finding := await router.verdict(reply)) is not None:
+        headers["x-zg-verify"] = finding.outcome.value
     headers["Content-Type"] = reply.content_type
     if reply.cost is not None:
         headers["x-zg-cost"] = str(reply.cost)
@@ -229,6 +234,7 @@ def _whole(reply: Reply, request_id: str) -> web.Response:
 
 async def _stream(request: web.Request, reply: StreamReply, request_id: str) -> web.StreamResponse:
     headers = _reply_headers(request_id, reply.attempts, reply.provider, reply.res_key)
+    headers["x-zg-verifiability"] = reply.verifiability or "none"
     headers.update(
         {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
@@ -253,7 +259,8 @@ def _reply_headers(
     if provider is not None:
         headers["x-zg-provider"] = provider
     if res_key:
-        headers["zg-res-key"] = res_key
+        # Our name for it, and the broker's own, which the 0G SDKs' verification looks for.
+        headers["x-zg-chat-id"] = headers["zg-res-key"] = res_key
     return headers
 
 

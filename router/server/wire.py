@@ -25,7 +25,7 @@ _REQUIRED: dict[Endpoint, tuple[str, type, str]] = {
 class Parsed:
     """What the gateway needs from a request body."""
 
-    __slots__ = ("body", "content_type", "max_output", "model", "prefs", "stream")
+    __slots__ = ("body", "content_type", "max_output", "model", "prefs", "stream", "verify_sync")
 
     def __init__(
         self,
@@ -35,6 +35,8 @@ class Parsed:
         stream: bool,
         prefs: Preferences,
         max_output: int | None = None,
+        *,
+        verify_sync: bool = False,
     ) -> None:
         self.model = model
         self.body = body
@@ -42,6 +44,7 @@ class Parsed:
         self.stream = stream
         self.prefs = prefs
         self.max_output = max_output
+        self.verify_sync = verify_sync
 
 
 def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Parsed:
@@ -74,7 +77,15 @@ def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, st
         body = json.dumps(payload).encode()
     else:
         prefs = parse_preferences(None, headers)
-    return Parsed(model, body, "application/json", stream, prefs, max_output(endpoint, payload))
+    return Parsed(
+        model,
+        body,
+        "application/json",
+        stream,
+        prefs,
+        max_output(endpoint, payload),
+        verify_sync=verify_mode(headers),
+    )
 
 
 def parse_multipart_request(body: bytes, content_type: str, headers: Mapping[str, str]) -> Parsed:
@@ -96,7 +107,21 @@ def parse_multipart_request(body: bytes, content_type: str, headers: Mapping[str
     model = fields.get("model", b"").decode("utf-8", "replace").strip()
     if not model:
         raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
-    return Parsed(model, body, content_type, False, parse_preferences(None, headers))
+    return Parsed(
+        model, body, content_type, False, parse_preferences(None, headers), verify_sync=verify_mode(headers)
+    )
+
+
+def verify_mode(headers: Mapping[str, str]) -> bool:
+    """Whether the request asks to wait for its TEE verdict: ``x-zg-verify: sync`` (``async``, the
+    default, returns at once and verifies after)."""
+    mode = headers.get("x-zg-verify")
+    if mode is None:
+        return False
+    mode = mode.strip().lower()
+    if mode not in ("sync", "async"):
+        raise InvalidRequest("header x-zg-verify must be sync or async", param="x-zg-verify")
+    return mode == "sync"
 
 
 def bearer_matches(header: str | None, keys: tuple[bytes, ...]) -> bool:

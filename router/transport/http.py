@@ -94,9 +94,13 @@ class Upstream:
                 async with asyncio.timeout(self._idle_timeout):
                     chunk = await content.readany()
             if not chunk:
-                if self._framer.pending.strip():
+                tail = self._framer.pending
+                if tail.strip():
                     raise ProviderUnreachable(self._provider, "stream ended in the middle of an event")
                 self._at_end = True
+                if tail:
+                    # Whitespace after the last event: relayed too, since the broker signed every byte.
+                    yield tail
                 return
             for event in self._framer.feed(chunk):
                 yield event

@@ -10,7 +10,10 @@ signer as the chain names it; the lookup's own ``signing_address`` claim is not 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from router.chain.wallet import recover_personal
@@ -34,6 +37,8 @@ def judge(record: object, *, signer: str, request: bytes, response_part: str) ->
     text, signature = record.get("text"), record.get("signature")
     if not isinstance(text, str) or not isinstance(signature, str):
         return Finding(Outcome.UNVERIFIABLE, "the signature record has no text or signature")
+    if not response_part:
+        return Finding(Outcome.UNVERIFIABLE, "the image reply carries no b64_json pictures to hash")
     fields = text.split(":")
     if len(fields) < 2:
         return Finding(Outcome.FAILED, "the signed text is not request-hash:response-hash")
@@ -51,6 +56,21 @@ def judge(record: object, *, signer: str, request: bytes, response_part: str) ->
             request_matched,
         )
     return Finding(Outcome.VERIFIED, "signed by the TEE signer over the bytes relayed", request_matched)
+
+
+def signed_response_part(parts: Sequence[bytes], *, images: bool = False) -> str:
+    """What the broker signs after the first ``:`` for a reply relayed in ``parts``: the sha256 of its
+    bytes, or for an image reply one sha256 per decoded picture, comma-joined (§5.3). An image reply we
+    cannot read (pictures as URLs, say) gives "", which ``judge`` calls unverifiable."""
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    if not images:
+        return sha256_hex(body)
+    try:
+        data = json.loads(body)["data"]
+        pictures = [base64.b64decode(item["b64_json"], validate=True) for item in data]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return ",".join(sha256_hex(picture) for picture in pictures)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -1,18 +1,20 @@
 """The verifier: a background task owned by ``Router`` that checks responses after they were delivered.
 
-Dispatch hands it a ``Job`` per completed response it sampled (``submit``, never blocking: a full queue
-drops the job and counts it). Workers fetch the provider's signature record (protocol.md §5.2), asking
-again while it is not yet stored (the broker stores it after the last byte), judge it (``check.judge``),
-record the verdict in the provider's trust record, demote a provider whose response failed, and keep the
-verdict for lookup by chat id. A caller that asked for a synchronous verdict awaits ``Job.verdict``.
+Dispatch hands it each completed response it sampled (``check``, never blocking: a full queue drops the
+job and counts it; hashing is the workers' job, off the request's path). Workers fetch the provider's
+signature record (protocol.md §5.2), asking again while it is not yet stored (the broker stores it after
+the last byte), judge it (``check.judge``), record the verdict in the provider's trust record, demote a
+provider whose response failed, and keep the verdict for lookup by chat id. A caller that asked for a
+synchronous verdict awaits it (``wait``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +26,7 @@ from router.observability.events import Observer, Verified
 from router.pool.providers import Exclusion, ProviderKind, ProviderState
 from router.pool.trust import Outcome
 from router.transport.http import HttpTransport
-from router.verify.check import Finding, judge
+from router.verify.check import Finding, judge, signed_response_part
 
 # Verdicts kept for `zg-router verify <chat-id>`: as long as brokers keep signatures (20 min), bounded.
 VERDICT_TTL = 20 * 60
@@ -35,7 +37,8 @@ MAX_VERDICTS = 100_000
 class VerifyOptions:
     """``[verify]``: how much to verify and what a failure costs the provider."""
 
-    sample_rate: float = 1.0  # share of responses from TEE providers checked; 0 turns verification off
+    # Share of TEE providers' responses checked; at 0 only those a caller asks to verify synchronously.
+    sample_rate: float = 1.0
     verified_only: bool = False  # route only to providers whose recent responses verified
     demote_for: float = 600.0  # seconds a provider is skipped after a failed verification
     retry_for: float = 10.0  # seconds to keep asking for a signature the broker has not stored yet
@@ -44,6 +47,9 @@ class VerifyOptions:
     workers: int = 4
 
     def __post_init__(self) -> None:
+        numbers = (self.sample_rate, self.demote_for, self.retry_for, self.lookup_timeout)
+        if not all(math.isfinite(n) for n in numbers):
+            raise ConfigError("[verify] rates and durations must be finite numbers")
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ConfigError(f"verify sample_rate must be in [0, 1], got {self.sample_rate}")
         if min(self.demote_for, self.retry_for) < 0 or self.lookup_timeout <= 0:
@@ -56,18 +62,32 @@ def _future() -> asyncio.Future[Finding]:
     return asyncio.get_running_loop().create_future()
 
 
+def _settled(finding: Finding) -> asyncio.Future[Finding]:
+    future = _future()
+    future.set_result(finding)
+    return future
+
+
+_STOPPED = Finding(Outcome.UNVERIFIABLE, "the router stopped before this response was checked")
+
+
+def _answer(job: Job, finding: Finding) -> None:
+    if not job.verdict.done():
+        job.verdict.set_result(finding)
+
+
 @dataclass(slots=True)
 class Job:
-    """One delivered response to check: what we sent, the signed part we expect, and where it came from."""
+    """One delivered response to check: what we sent, the bytes we relayed (in the parts they came in),
+    and where it came from. Hashing waits for a worker: nothing of it runs on the request's path."""
 
     chat_id: str
     state: ProviderState
     request: bytes
-    response_part: str
+    response: Sequence[bytes]
     request_id: str
-    verdict: asyncio.Future[Finding] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    images: bool = False
+    verdict: asyncio.Future[Finding] = field(default_factory=_future)
 
 
 class Verifier:
@@ -94,37 +114,78 @@ class Verifier:
         self.dropped = 0
 
     def wants(self, state: ProviderState, *, forced: bool = False) -> bool:
-        """Whether to check a response of ``state``: a TEE provider with a signer, and sampled (or
-        ``forced`` by a caller who asked for a synchronous verdict)."""
+        """Whether to check a response of ``state``: ``forced`` (a caller asked for a synchronous
+        verdict), or a TEE provider with a signer and this response sampled."""
+        if forced:
+            return True
         if state.info.kind is not ProviderKind.CHAIN or state.info.tee_signer is None:
             return False
         rate = self._options.sample_rate
-        return forced or rate >= 1.0 or (rate > 0.0 and self._rng.random() < rate)
+        return rate >= 1.0 or (rate > 0.0 and self._rng.random() < rate)
 
-    def submit(self, job: Job) -> bool:
-        """Queue ``job`` without waiting; False (and counted) when the queue is full."""
+    def check(
+        self,
+        state: ProviderState,
+        chat_id: str | None,
+        request: bytes,
+        response: Sequence[bytes],
+        *,
+        request_id: str,
+        images: bool = False,
+    ) -> asyncio.Future[Finding]:
+        """Queue a check of one delivered response (never waits); its verdict arrives in the future.
+        A response that cannot be checked gets its ``unverifiable`` verdict at once."""
+        if state.info.tee_signer is None:
+            why = f"{state.id} has no acknowledged TEE signer on chain"
+            if state.info.kind is not ProviderKind.CHAIN:
+                why = f"{state.id} is a static upstream: nothing signs its responses"
+            return self._unverifiable(state, chat_id or "", request_id, why)
+        if not chat_id:
+            return self._unverifiable(state, "", request_id, "the provider sent no ZG-Res-Key to look up")
+        job = Job(chat_id, state, request, response, request_id, images)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.dropped += 1
-            job.verdict.set_result(Finding(Outcome.UNVERIFIABLE, "the verification queue was full"))
-            return False
-        return True
+            return self._unverifiable(state, chat_id, request_id, "the verification queue was full")
+        return job.verdict
+
+    async def wait(self, verdict: asyncio.Future[Finding]) -> Finding:
+        """A verdict for a caller who waits for it: bounded by the time a check can take."""
+        limit = self._options.retry_for + self._options.lookup_timeout + 5.0
+        try:
+            return await asyncio.wait_for(asyncio.shield(verdict), timeout=limit)
+        except TimeoutError:
+            return Finding(Outcome.UNVERIFIABLE, f"no verdict within {limit:g}s (the queue is backed up)")
+
+    def _unverifiable(
+        self, state: ProviderState, chat_id: str, request_id: str, why: str
+    ) -> asyncio.Future[Finding]:
+        self._emit(Verified(request_id, state.id, chat_id, Outcome.UNVERIFIABLE.value, why))
+        return _settled(Finding(Outcome.UNVERIFIABLE, why))
 
     def lookup(self, chat_id: str) -> dict[str, Any] | None:
         """A past verdict by the provider's chat id (ZG-Res-Key), while it is kept."""
         return self._verdicts.get(chat_id.lower())
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as workers:
-            for _ in range(self._options.workers):
-                workers.create_task(self._work())
+        try:
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(self._options.workers):
+                    workers.create_task(self._work())
+        finally:
+            # Stopping: whoever waits for a queued verdict gets an answer instead of a timeout.
+            while not self._queue.empty():
+                _answer(self._queue.get_nowait(), _STOPPED)
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
             try:
                 finding = await self._check(job)
+            except asyncio.CancelledError:
+                _answer(job, _STOPPED)
+                raise
             except Exception as exc:
                 finding = Finding(Outcome.UNVERIFIABLE, f"verification failed to run: {type(exc).__name__}")
             self._settle(job, finding)
@@ -144,9 +205,8 @@ class Verifier:
             except ProviderUnreachable as exc:
                 last = str(exc)
             else:
-                return judge(
-                    record, signer=info.tee_signer, request=job.request, response_part=job.response_part
-                )
+                part = signed_response_part(job.response, images=job.images)
+                return judge(record, signer=info.tee_signer, request=job.request, response_part=part)
             if self._clock() + delay > give_up:
                 return Finding(Outcome.UNVERIFIABLE, f"no signature for this response ({last})")
             await asyncio.sleep(delay)
@@ -166,6 +226,5 @@ class Verifier:
             "request_hash_matched": finding.request_matched,
             "checked_at": state.trust.last_checked,
         }
-        if not job.verdict.done():
-            job.verdict.set_result(finding)
+        _answer(job, finding)
         self._emit(Verified(job.request_id, state.id, job.chat_id, finding.outcome.value, finding.detail))

@@ -161,7 +161,8 @@ class TestViews:
 
     async def test_providers_shows_models_limits_health_and_available(self, live: Live) -> None:
         """``zg-router providers`` prints a line per provider: model, breaker, limits (rpm/burst/concurrency),
-        in-flight and our available balance in 0G; with --json, the /admin/providers answer."""
+        in-flight, our available balance in 0G, and its attestation: verifiability, the acknowledged TEE
+        signer, the acknowledgement and the trust record; with --json, the /admin/providers answer."""
         run = await admin_cli("providers", env=live.env())
         assert (run.code, run.err) == (0, "")
         assert run.out.splitlines()[0].split() == [
@@ -171,13 +172,31 @@ class TestViews:
             "LIMITS",
             "IN-FLIGHT",
             "AVAILABLE",
+            "TEE",
+            "SIGNER",
+            "ACK",
+            "TRUST",
+            "CHECKS(ok/failed/n-a)",
         ]
         expected = {}
         for provider in live.devnet.providers:
             limits = provider.spec.limits
             rate = f"{limits.requests_per_minute}/{limits.burst}/{limits.max_concurrent}"
-            expected[provider.address] = [provider.spec.model, "closed", rate, "0", "1.000000"]
-        assert table_rows(run.out) == expected
+            expected[provider.address] = [
+                provider.spec.model,
+                "closed",
+                rate,
+                "0",
+                "1.000000",
+                provider.spec.verifiability,
+                provider.tee_signer.address,
+                "yes",
+            ]
+        rows = table_rows(run.out)
+        assert {address: row[:8] for address, row in rows.items()} == expected
+        # Whatever traffic earlier tests sent: nothing the honest simulators signed failed.
+        assert {row[8] for row in rows.values()} <= {"unverified", "verified"}
+        assert all(row[9].split("/")[1] == "0" for row in rows.values())
         run = await admin_cli("providers", "--json", env=live.env())
         assert (run.code, run.err) == (0, "")
         assert json.loads(run.out) == await live.api("/admin/providers")

@@ -14,7 +14,7 @@ import aiohttp
 import openai
 import pytest
 
-from router.observability.events import BreakerChanged, Event, RequestFinished
+from router.observability.events import AttemptFailed, BreakerChanged, Event, RequestFinished
 from router.pool.health import BreakerState
 from tests.gateway.conftest import API_KEY, CHAT_MODEL, CHAT_PROVIDERS, Served, ServeFactory
 
@@ -108,9 +108,13 @@ class TestFailover:
         async with openai.AsyncOpenAI(base_url=served.base_url, api_key=API_KEY, max_retries=0) as client:
 
             async def one() -> str:
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=CHAT_MODEL, messages=MESSAGES
-                )
+                try:
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model=CHAT_MODEL, messages=MESSAGES
+                    )
+                except openai.APIStatusError as exc:
+                    tried = [e for e in events.seen if isinstance(e, AttemptFailed)]
+                    pytest.fail(f"{exc.status_code} {exc.body}; failed attempts so far: {tried}")
                 assert raw.parse().choices[0].message.content
                 return raw.headers["x-zg-provider"]
 

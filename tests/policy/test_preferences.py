@@ -71,7 +71,7 @@ class TestParseBody:
                 id="max-price",
             ),
             pytest.param({"max_price": {"prompt": 0}}, Preferences(max_prompt_price=0), id="max-price-zero"),
-            pytest.param({"verified_only": True}, Preferences(verifiability=VERIFIED), id="verified-only"),
+            pytest.param({"verified_only": True}, Preferences(verified_only=True), id="verified-only"),
             pytest.param(
                 {"order": None, "only": None, "sort": None, "max_price": None},
                 Preferences(),
@@ -221,9 +221,7 @@ class TestParseHeaders:
                 Preferences(max_completion_price=20),
                 id="max-completion",
             ),
-            pytest.param(
-                headers(X_ZG_Verified_Only="1"), Preferences(verifiability=VERIFIED), id="verified-1"
-            ),
+            pytest.param(headers(X_ZG_Verified_Only="1"), Preferences(verified_only=True), id="verified-1"),
             pytest.param(headers(X_ZG_Verified_Only="false"), Preferences(), id="verified-false"),
             pytest.param(headers(X_0G_Provider_Trust_Mode="standard"), Preferences(), id="trust-standard"),
             pytest.param(
@@ -281,13 +279,13 @@ class TestParseHeaders:
             pytest.param(
                 {"verified_only": True},
                 headers(X_0G_Provider_Trust_Mode="standard"),
-                Preferences(),
+                Preferences(verified_only=True),
                 id="trust-mode",
             ),
             pytest.param(
                 {"verified_only": False},
                 headers(X_ZG_Verified_Only="true"),
-                Preferences(verifiability=VERIFIED),
+                Preferences(verified_only=True),
                 id="verified-only",
             ),
         ],

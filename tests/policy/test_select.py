@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from router.policy.select import NO_PREFERENCES, Strategy, eligible, rank
+from router.policy.select import NO_PREFERENCES, Strategy, eligible, rank, retry_candidates
 from router.pool.health import Health
 from router.pool.limits import Gate, ProviderLimits
 from router.pool.providers import ProviderInfo, ProviderKind, ProviderState
+from router.pool.trust import Outcome
 from tests.policy.support import headers, parse
 from tests.support import FakeClock
 
@@ -87,7 +88,7 @@ class TestEligible:
             pytest.param({"max_price": {"completion": 2}}, ["0xAAA", "0xCCC"], id="max-completion"),
             pytest.param({"max_price": {"prompt": 5, "completion": 2}}, ["0xAAA"], id="max-both"),
             pytest.param({"max_price": {"prompt": 0}}, [], id="max-prompt-zero"),
-            pytest.param({"verified_only": True}, ["0xAAA", "0xBBB"], id="verified-only"),
+            pytest.param({"verified_only": True}, [], id="verified-only-none-verified-yet"),
             pytest.param({"only": ["0xddd"]}, [], id="only-unknown"),
         ],
     )
@@ -96,6 +97,18 @@ class TestEligible:
     ) -> None:
         """only, ignore, pins without fallbacks, price caps and verified_only filter; input order is kept."""
         assert ids(eligible(trio, parse(body))) == expected
+
+    def test_verified_only_keeps_providers_whose_latest_check_verified(
+        self, trio: list[ProviderState]
+    ) -> None:
+        """A verified response admits a provider; a later failed one takes it out again, whatever it
+        claims on chain (0xAAA says TeeML but failed)."""
+        aaa, bbb, ccc = trio
+        for state in (aaa, bbb):
+            state.trust.record(Outcome.VERIFIED, 1.0)
+        aaa.trust.record(Outcome.FAILED, 2.0, "signed by someone else")
+        ccc.trust.record(Outcome.UNVERIFIABLE, 2.0)
+        assert ids(eligible(trio, parse({"verified_only": True}))) == ["0xBBB"]
 
     def test_health_does_not_matter(self, trio: list[ProviderState]) -> None:
         """A loaded, failing provider is still eligible: availability is decided elsewhere."""
@@ -121,6 +134,23 @@ class TestEligible:
         """Trust mode verified admits TeeML and TeeTLS; private admits TeeML only (protocol.md §9)."""
         prefs = parse(None, headers(X_0G_Provider_Trust_Mode=mode))
         assert ids(eligible(trio, prefs)) == expected
+
+
+class TestRetryCandidates:
+    def test_untried_providers_come_first(self, trio: list[ProviderState]) -> None:
+        assert ids(retry_candidates(trio, {"0xAAA"}, {"0xAAA"})) == ["0xBBB", "0xCCC"]
+
+    def test_once_all_were_tried_those_that_only_rate_limited_it_are_next(
+        self, trio: list[ProviderState]
+    ) -> None:
+        """A and B failed this request; C only answered 429: its queue beats another try of a failure."""
+        assert ids(retry_candidates(trio, {"0xAAA", "0xBBB", "0xCCC"}, {"0xAAA", "0xBBB"})) == ["0xCCC"]
+
+    def test_when_every_provider_failed_it_everyone_is_a_candidate_again(
+        self, trio: list[ProviderState]
+    ) -> None:
+        everyone = set(ids(trio))
+        assert ids(retry_candidates(trio, everyone, everyone)) == ids(trio)
 
 
 class TestRankDeterministic:

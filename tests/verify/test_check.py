@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from router.chain.wallet import Wallet, recover_personal
 from router.discovery import tee_signer
 from router.pool.trust import Outcome, Trust, TrustState
 from router.types import Service
-from router.verify.check import judge, sha256_hex
+from router.verify.check import judge, sha256_hex, signed_response_part
 
 TEE = Wallet("0x" + "22" * 32)
 OTHER = Wallet("0x" + "33" * 32)
@@ -141,3 +142,106 @@ class TestTeeSigner:
         assert tee_signer(service(), extra) == OTHER.address
         assert tee_signer(service(), {**extra, "ProviderType": "centralized"}) == TEE.address
         assert tee_signer(service(), {"TargetSeparated": True}) is None
+
+
+PICTURES = (b"\x89PNG picture zero", b"\x89PNG picture one")
+
+
+def image_reply(*pictures: bytes) -> bytes:
+    data = [{"b64_json": base64.b64encode(p).decode()} for p in pictures]
+    return json.dumps({"created": 1, "data": data}).encode()
+
+
+class TestSignedResponsePart:
+    def test_a_reply_in_parts_hashes_as_its_concatenation(self) -> None:
+        whole = sha256_hex(REPLY)
+        assert signed_response_part([REPLY]) == whole
+        assert signed_response_part([REPLY[:5], REPLY[5:20], b"", REPLY[20:]]) == whole
+        assert signed_response_part([REPLY[:5], REPLY[6:]]) != whole
+        assert signed_response_part([]) == sha256_hex(b"")
+
+    def test_an_image_reply_lists_one_hash_per_decoded_picture_in_order(self) -> None:
+        body = image_reply(*PICTURES)
+        expected = f"{sha256_hex(PICTURES[0])},{sha256_hex(PICTURES[1])}"
+        assert signed_response_part([body], images=True) == expected
+        assert signed_response_part([body[:10], body[10:]], images=True) == expected
+        assert signed_response_part([image_reply(PICTURES[0])], images=True) == sha256_hex(PICTURES[0])
+
+    def test_without_images_an_image_body_is_hashed_whole(self) -> None:
+        body = image_reply(*PICTURES)
+        assert signed_response_part([body]) == sha256_hex(body)
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(b"not json", id="not-json"),
+            pytest.param(b"\xff\xfe{}", id="not-utf8"),
+            pytest.param(b"[]", id="a-list"),
+            pytest.param(b"42", id="a-number"),
+            pytest.param(b'{"created": 1}', id="no-data"),
+            pytest.param(b'{"data": null}', id="null-data"),
+            pytest.param(b'{"data": []}', id="empty-data"),
+            pytest.param(b'{"data": "aGk="}', id="data-a-string"),
+            pytest.param(b'{"data": [{"url": "https://img.example/0.png"}]}', id="url"),
+            pytest.param(b'{"data": [{"b64_json": "!!not base64!!"}]}', id="bad-base64"),
+            pytest.param(b'{"data": [{"b64_json": "aGk"}]}', id="bad-padding"),
+            pytest.param(b'{"data": [{"b64_json": "aG*k="}]}', id="a-stray-character"),
+            pytest.param(b'{"data": [{"b64_json": 5}]}', id="b64-a-number"),
+            pytest.param(b'{"data": ["aGk="]}', id="item-a-string"),
+        ],
+    )
+    def test_an_image_reply_it_cannot_read_gives_nothing(self, body: bytes) -> None:
+        assert signed_response_part([body], images=True) == ""
+
+    def test_one_unreadable_picture_spoils_the_whole_list(self) -> None:
+        good = {"b64_json": base64.b64encode(PICTURES[0]).decode()}
+        body = json.dumps({"data": [good, {"url": "https://img.example/1.png"}]}).encode()
+        assert signed_response_part([body], images=True) == ""
+
+
+class TestJudgeImages:
+    SIGNED = f"{sha256_hex(REQUEST)}:{sha256_hex(PICTURES[0])},{sha256_hex(PICTURES[1])}"
+
+    def test_an_image_reply_verifies_against_its_picture_hashes(self) -> None:
+        part = signed_response_part([image_reply(*PICTURES)], images=True)
+        finding = judge(record(self.SIGNED), signer=TEE.address, request=REQUEST, response_part=part)
+        assert finding.outcome is Outcome.VERIFIED
+        assert finding.request_matched is True
+
+    def test_the_json_around_the_pictures_is_not_signed(self) -> None:
+        data = [{"b64_json": base64.b64encode(p).decode(), "revised_prompt": "x"} for p in PICTURES]
+        body = json.dumps({"created": 999, "data": data}, indent=2).encode()
+        part = signed_response_part([body], images=True)
+        finding = judge(record(self.SIGNED), signer=TEE.address, request=REQUEST, response_part=part)
+        assert finding.outcome is Outcome.VERIFIED
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            pytest.param(image_reply(PICTURES[1], PICTURES[0]), id="swapped"),
+            pytest.param(image_reply(PICTURES[0]), id="one-dropped"),
+            pytest.param(image_reply(PICTURES[0], b"another picture"), id="replaced"),
+        ],
+    )
+    def test_pictures_other_than_the_signed_ones_fail(self, body: bytes) -> None:
+        part = signed_response_part([body], images=True)
+        finding = judge(record(self.SIGNED), signer=TEE.address, request=REQUEST, response_part=part)
+        assert finding.outcome is Outcome.FAILED
+        assert "other bytes" in finding.detail
+
+    @pytest.mark.parametrize("signed", ["", ":"], ids=["pictures", "no-pictures"])
+    def test_an_unreadable_image_reply_is_unverifiable_even_against_an_empty_signed_list(
+        self, signed: str
+    ) -> None:
+        """Pictures as URLs cannot be hashed as the broker does: never verified, not even against a
+        record signed over no pictures at all, and not failed (the provider may be honest)."""
+        text = f"{sha256_hex(REQUEST)}:" if signed == ":" else self.SIGNED
+        part = signed_response_part([b'{"data": [{"url": "https://img.example/0.png"}]}'], images=True)
+        finding = judge(record(text), signer=TEE.address, request=REQUEST, response_part=part)
+        assert finding.outcome is Outcome.UNVERIFIABLE
+        assert "no b64_json pictures" in finding.detail
+
+    def test_the_hash_of_the_whole_image_body_is_not_what_is_signed(self) -> None:
+        part = signed_response_part([image_reply(*PICTURES)])
+        finding = judge(record(self.SIGNED), signer=TEE.address, request=REQUEST, response_part=part)
+        assert finding.outcome is Outcome.FAILED
