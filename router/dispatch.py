@@ -33,6 +33,7 @@ from router.pool.accounting import Accounts, FundingState, Hold
 from router.pool.admission import Admission
 from router.pool.pricing import Charge, reply_charge
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
+from router.pool.trust import TrustState
 from router.replies import Call, Endpoint, Reply, Slot, StreamReply
 from router.transport.http import HttpTransport, Upstream
 from router.verify.check import Finding
@@ -193,12 +194,7 @@ class Dispatcher:
             and call.prefs.verified_only
             and eligible(everyone, dataclasses.replace(call.prefs, verified_only=False))
         ):
-            raise NoProviderAvailable(
-                f"none of the {len(everyone)} provider(s) of {call.model!r} has verified responses "
-                "yet (verified_only); verification checks responses as traffic flows, so send traffic "
-                "that allows unverified providers first, or see `zg-router providers` for trust",
-                code="no_verified_provider",
-            )
+            raise _none_verified(call, everyone)
         if not allowed:
             raise NoProviderAvailable(
                 f"none of the {len(everyone)} provider(s) of {call.model!r} matches the request's provider "
@@ -449,6 +445,23 @@ def _without_key(body: bytes, api_key: str | None) -> bytes:
 def _no_wait(state: RetryCallState) -> float:
     """Fail over at once: the next attempt goes to another provider, or waits in the admission queue."""
     return 0.0
+
+
+def _none_verified(call: Call, everyone: list[ProviderState]) -> NoProviderAvailable:
+    """The 503 for a verified-only call that no provider can take, saying why."""
+    verified = sum(state.trust.state is TrustState.VERIFIED for state in everyone)
+    if verified:
+        why = (
+            f"{verified} of the {len(everyone)} provider(s) of {call.model!r} have verified responses, but "
+            "none of them matches the request's other provider preferences"
+        )
+    else:
+        why = (
+            f"none of the {len(everyone)} provider(s) of {call.model!r} has verified responses yet; "
+            "verification checks responses as traffic flows, so send traffic that allows unverified "
+            "providers first (or set [verify] verified_only, whose warm-up verifies them)"
+        )
+    return NoProviderAvailable(f"verified_only: {why}", code="no_verified_provider")
 
 
 def _unfunded(call: Call, ranked: list[ProviderState], accounts: Accounts) -> InsufficientFunds:

@@ -38,6 +38,8 @@ _OUR_PATHS = (
     | {"/v1/models", "/healthz", "/readyz"}
     | {f"/admin/{name}" for name in ("balance", "providers", "fund", "refund")}
 )
+# Routes with a variable last segment.
+_OUR_PREFIXES = ("/admin/verify/",)
 _log = structlog.get_logger("router.gateway")
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
@@ -300,7 +302,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _not_found(request: web.Request, *, ours: set[str]) -> web.Response:
     headers = {"x-request-id": _request_id(request)}
-    if request.path in ours:
+    if request.path in ours or request.path.startswith(_OUR_PREFIXES):
         return error_json(
             405,
             f"{request.method} is not allowed on {request.path}",

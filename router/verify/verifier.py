@@ -207,9 +207,11 @@ class Verifier:
             else:
                 part = signed_response_part(job.response, images=job.images)
                 return judge(record, signer=info.tee_signer, request=job.request, response_part=part)
-            if self._clock() + delay > give_up:
+            remaining = give_up - self._clock()
+            if remaining <= 0:
                 return Finding(Outcome.UNVERIFIABLE, f"no signature for this response ({last})")
-            await asyncio.sleep(delay)
+            # The last lookup falls on the deadline itself: a signature stored just before it counts.
+            await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
 
     def _settle(self, job: Job, finding: Finding) -> None:

@@ -124,7 +124,11 @@ async def test_a_missing_signature_is_unverifiable_never_verified(
     client: Client, transport: HttpTransport
 ) -> None:
     await client.provider.simulator.set_faults(Faults(withhold_signature=1.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     checked = await verdict(client, transport, retry_for=0.5)
+    # It asked until the deadline itself, not until the last backoff step that fitted before it.
+    assert loop.time() - started >= 0.5
     finding, state = checked.finding, checked.state
     assert finding.outcome is Outcome.UNVERIFIABLE
     assert "no signature" in finding.detail
