@@ -272,8 +272,8 @@ class Router:
         return await self._verifier.wait(reply.verification)
 
     def verification(self, chat_id: str) -> dict[str, Any] | None:
-        """The verdict on a past response by its chat id (``x-zg-chat-id``), kept for 20 minutes; None
-        when unknown, expired, not sampled, or not checked yet."""
+        """The verdict on a past response by its chat id (``x-zg-chat-id``), kept for up to 20 minutes;
+        None when unknown, expired, not sampled, or not checked yet."""
         if self._verifier is None:
             raise RouterError("the Router is not open: use `async with Router(config) as router:`")
         return self._verifier.lookup(chat_id)

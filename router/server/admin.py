@@ -4,7 +4,7 @@
     GET  /admin/providers   the pool: models, prices, limits, health, in-flight, our balance at each
     POST /admin/fund        {"provider": "0x…", "amount": "1.5"}   (0G) ledger → sub-account
     POST /admin/refund      {"providers": ["0x…"]} (optional; default every funded provider)
-    GET  /admin/verify/{chat_id}   the TEE verdict on a past response (its x-zg-chat-id), kept 20 minutes
+    GET  /admin/verify/{chat_id}   a past response's TEE verdict (by x-zg-chat-id): last 10,000, 20 min
 
 Gateway API keys do not open these routes: only the keys in ``admin_keys`` do, and with none configured
 the routes answer 403. Errors are OpenAI-shaped like the rest of the gateway.
@@ -135,8 +135,8 @@ async def _verify(request: web.Request, router: Router) -> web.Response:
     if verdict is None:
         return _error(
             404,
-            f"no verdict for chat id {chat_id[:80]!r}: unknown, older than 20 minutes, not sampled, or still "
-            "being checked",
+            f"no verdict for chat id {chat_id[:80]!r}: unknown, too old (20 minutes or 10,000 verdicts "
+            "ago), not sampled, or still being checked",
             "not_found_error",
             "verdict_not_found",
         )

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from cachetools import TTLCache
@@ -28,9 +28,31 @@ from router.pool.trust import Outcome
 from router.transport.http import HttpTransport
 from router.verify.check import Finding, judge, signed_response_part
 
-# Verdicts kept for `zg-router verify <chat-id>`: as long as brokers keep signatures (20 min), bounded.
+# Verdicts kept for `zg-router verify <chat-id>`: as long as brokers keep signatures (20 min), and at
+# most this many (about 11 MB, measured), so memory stays flat: past it the oldest go first.
 VERDICT_TTL = 20 * 60
-MAX_VERDICTS = 100_000
+MAX_VERDICTS = 10_000
+
+
+class _Kept(NamedTuple):
+    """A verdict kept for lookup: a tuple, since thousands are held."""
+
+    chat_id: str
+    provider: str
+    request_id: str
+    finding: Finding
+    checked_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "chat_id": self.chat_id,
+            "provider": self.provider,
+            "request_id": self.request_id,
+            "outcome": self.finding.outcome.value,
+            "detail": self.finding.detail,
+            "request_hash_matched": self.finding.request_matched,
+            "checked_at": self.checked_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +113,7 @@ class Job:
 
 
 class Verifier:
-    """``async with``-less: ``run()`` is one of the Router's background tasks."""
+    """Checks delivered responses; ``run()`` is one of the Router's background tasks."""
 
     def __init__(
         self,
@@ -108,9 +130,7 @@ class Verifier:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - sampling, not cryptography
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=options.queue_size)
-        self._verdicts: TTLCache[str, dict[str, Any]] = TTLCache(
-            MAX_VERDICTS, VERDICT_TTL, timer=time.monotonic
-        )
+        self._verdicts: TTLCache[str, _Kept] = TTLCache(MAX_VERDICTS, VERDICT_TTL, timer=time.monotonic)
         self.dropped = 0
 
     def wants(self, state: ProviderState, *, forced: bool = False) -> bool:
@@ -166,7 +186,8 @@ class Verifier:
 
     def lookup(self, chat_id: str) -> dict[str, Any] | None:
         """A past verdict by the provider's chat id (ZG-Res-Key), while it is kept."""
-        return self._verdicts.get(chat_id.lower())
+        kept = self._verdicts.get(chat_id.lower())
+        return kept.as_dict() if kept is not None else None
 
     async def run(self) -> None:
         try:
@@ -219,14 +240,7 @@ class Verifier:
         state.trust.record(finding.outcome, time.time(), finding.detail)
         if finding.outcome is Outcome.FAILED:
             state.exclude(Exclusion.UNTRUSTED, self._clock() + self._options.demote_for)
-        self._verdicts[job.chat_id.lower()] = {
-            "chat_id": job.chat_id,
-            "provider": state.id,
-            "request_id": job.request_id,
-            "outcome": finding.outcome.value,
-            "detail": finding.detail,
-            "request_hash_matched": finding.request_matched,
-            "checked_at": state.trust.last_checked,
-        }
+        kept = _Kept(job.chat_id, state.id, job.request_id, finding, state.trust.last_checked)
+        self._verdicts[job.chat_id.lower()] = kept
         _answer(job, finding)
         self._emit(Verified(job.request_id, state.id, job.chat_id, finding.outcome.value, finding.detail))
