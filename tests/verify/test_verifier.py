@@ -53,6 +53,12 @@ def provider_state(client: Client) -> ProviderState:
     return ProviderState(info, Health(), Gate(info.limits))
 
 
+def tee_state(base_url: str = "u", *, signer: str | None = "0xsigner") -> ProviderState:
+    """A chain provider state made by hand, signing with ``signer``."""
+    info = ProviderInfo("0xa", ProviderKind.CHAIN, base_url, "p", "chatbot", ("m",), tee_signer=signer)
+    return ProviderState(info, Health(), Gate(info.limits))
+
+
 @dataclass
 class Checked:
     """One response's check, settled."""
@@ -141,14 +147,8 @@ async def test_a_missing_signature_is_unverifiable_never_verified(
 async def test_which_responses_are_checked() -> None:
     """TEE chain providers with a signer, at the sample rate; a forced (synchronous) check always, and
     one of a provider that signs nothing is unverifiable at once, without a lookup."""
-    tee = ProviderState(
-        ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",), tee_signer="0xsigner"),
-        Health(),
-        Gate(ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",)).limits),
-    )
-    unsigned = ProviderState(
-        ProviderInfo("0xb", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",)), Health(), Gate(tee.info.limits)
-    )
+    tee = tee_state()
+    unsigned = tee_state(signer=None)
     static = ProviderState(
         ProviderInfo("up", ProviderKind.STATIC, "u", "p", "chatbot", ("m",)), Health(), Gate(tee.info.limits)
     )
@@ -178,11 +178,7 @@ async def test_which_responses_are_checked() -> None:
 async def test_a_full_queue_drops_the_check_as_unverifiable() -> None:
     """The request path never waits on the verifier: past ``queue_size`` queued checks, a check is
     dropped, counted, and unverifiable."""
-    tee = ProviderState(
-        ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",), tee_signer="0xsigner"),
-        Health(),
-        Gate(ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",)).limits),
-    )
+    tee = tee_state()
     verifier = Verifier(None, VerifyOptions(queue_size=2), EventLog(), clock=lambda: 0.0)  # type: ignore[arg-type]
     futures = [verifier.check(tee, f"c{i}", b"{}", [b"{}"], request_id="r") for i in range(3)]
     assert [f.done() for f in futures] == [False, False, True]
@@ -200,13 +196,7 @@ def test_options_are_checked() -> None:
 async def test_stopping_answers_every_waiting_check(transport: HttpTransport) -> None:
     """When the router stops, the check in progress and the queued ones end ``unverifiable`` at once:
     a caller waiting for a synchronous verdict is not left to time out."""
-    tee = ProviderState(
-        ProviderInfo(
-            "0xa", ProviderKind.CHAIN, "http://127.0.0.1:9/v1/proxy", "p", "chatbot", ("m",), tee_signer="0xs"
-        ),
-        Health(),
-        Gate(ProviderInfo("0xa", ProviderKind.CHAIN, "u", "p", "chatbot", ("m",)).limits),
-    )
+    tee = tee_state("http://127.0.0.1:9/v1/proxy")
     log = EventLog()
     loop = asyncio.get_running_loop()
     verifier = Verifier(transport, VerifyOptions(workers=1, retry_for=60), log, clock=loop.time)
