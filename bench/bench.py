@@ -168,9 +168,10 @@ async def wait_listening(process: asyncio.subprocess.Process, url: str, path: st
 
 async def start_gateway(
     devnet: Devnet, config_dir: Path, *, sample_rate: float
-) -> tuple[asyncio.subprocess.Process, str]:
-    """A ``zg-router serve`` process; ``sample_rate`` is the share of responses TEE-verified."""
-    port = free_port()
+) -> tuple[asyncio.subprocess.Process, str, str]:
+    """A ``zg-router serve`` process, its URL and its metrics URL; ``sample_rate`` is the share of
+    responses TEE-verified."""
+    port, metrics_port = free_port(), free_port()
     config = config_dir / f"bench-{sample_rate}.toml"
     config.write_text(f"[transport]\nallow_private_targets = true\n[verify]\nsample_rate = {sample_rate}\n")
     env = {
@@ -180,6 +181,7 @@ async def start_gateway(
         "ZG_ROUTER_PRIVATE_KEY": dev_private_key(USER_KEY_INDEX),
         "ZG_ROUTER_API_KEYS": API_KEY,
         "ZG_ROUTER_PORT": str(port),
+        "ZG_ROUTER_METRICS_PORT": str(metrics_port),
     }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("zg-router")),
@@ -190,14 +192,15 @@ async def start_gateway(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    return process, await wait_listening(process, f"http://127.0.0.1:{port}", "/readyz")
+    url = await wait_listening(process, f"http://127.0.0.1:{port}", "/readyz")
+    return process, url, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
-async def verified_all(http: aiohttp.ClientSession, gateway_url: str) -> None:
+async def verified_all(http: aiohttp.ClientSession, metrics_url: str) -> None:
     """Wait (at most 120 s) until the gateway's verifier has judged every response it served, so that
     one phase's verification backlog does not weigh on the next phase's figures."""
     for _ in range(600):
-        async with http.get(gateway_url + "/metrics") as response:
+        async with http.get(metrics_url) as response:
             text = await response.text()
         served = verified = 0.0
         for line in text.splitlines():
@@ -266,8 +269,8 @@ async def run(quick: bool) -> dict[str, float]:
         direct = Target(upstream, direct_headers)
         with tempfile.TemporaryDirectory() as tmp:
             bare_process, bare_url = await start_bare_hop(upstream, authorization)
-            process, gateway_url = await start_gateway(devnet, Path(tmp), sample_rate=1.0)
-            plain_process, plain_url = await start_gateway(devnet, Path(tmp), sample_rate=0.0)
+            process, gateway_url, metrics_url = await start_gateway(devnet, Path(tmp), sample_rate=1.0)
+            plain_process, plain_url, _ = await start_gateway(devnet, Path(tmp), sample_rate=0.0)
             bare = Target(bare_url + "/v1/chat/completions", direct_headers)
             routed = Target(gateway_url + "/v1/chat/completions", gateway_headers)
             unverified = Target(plain_url + "/v1/chat/completions", gateway_headers)
@@ -284,7 +287,7 @@ async def run(quick: bool) -> dict[str, float]:
                         process.pid,
                         "gateway",
                         scale,
-                        settle=functools.partial(verified_all, http, gateway_url),
+                        settle=functools.partial(verified_all, http, metrics_url),
                     )
                     for hop in ("bare_hop", "gateway", "gateway_unverified"):
                         for q in ("p50", "p99"):

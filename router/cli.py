@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the gateway. Configuration: a TOML file (--config or ZG_ROUTER_CONFIG), then "
         "ZG_ROUTER_* variables: ZG_ROUTER_NETWORK, ZG_ROUTER_RPC_URLS, ZG_ROUTER_PRIVATE_KEY or "
         "ZG_ROUTER_PRIVATE_KEY_FILE, ZG_ROUTER_API_KEYS, ZG_ROUTER_ADMIN_KEYS, ZG_ROUTER_HOST, "
-        "ZG_ROUTER_PORT, ZG_ROUTER_METRICS_PORT, ZG_ROUTER_LOG_FORMAT.",
+        "ZG_ROUTER_PORT, ZG_ROUTER_METRICS_HOST, ZG_ROUTER_METRICS_PORT, ZG_ROUTER_LOG_FORMAT.",
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")

@@ -40,6 +40,7 @@ from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, P
 from router.replies import Call, Endpoint, Reply, StreamReply, max_output
 from router.transport.http import HttpTransport
 from router.types import TxResult
+from router.validate import validate_json
 from router.verify.check import Finding
 from router.verify.verifier import Verifier
 from router.verify.warmup import TrustWarmup
@@ -116,6 +117,7 @@ class Router:
             on_unfunded=self._unfunded,
             default_max_tokens=config.money.default_max_tokens,
             verifier=verifier,
+            max_ejection_percent=config.health.max_ejection_percent,
         )
         if config.verify.verified_only:
             warmup = TrustWarmup(
@@ -325,7 +327,10 @@ class Router:
         self, endpoint: Endpoint, model: str, payload: dict[str, Any], *, stream: bool
     ) -> Reply | StreamReply:
         prefs = parse_preferences(payload.pop("provider", None), {})
-        body = json.dumps({"model": model, **payload}).encode()
+        request = {"model": model, **payload}
+        # The gateway's checks: a field a provider would fail on is the caller's error, not the provider's.
+        validate_json(endpoint, request)
+        body = json.dumps(request).encode()
         call = self.new_call(
             endpoint,
             model=model,
@@ -363,21 +368,12 @@ class Router:
 
     async def fund(self, provider: str, amount: int) -> TxResult:
         """Move ``amount`` neuron from the ledger to ``provider``'s sub-account (through the funder, so it
-        never races an automatic top-up). Raises ``ChainError`` if the chain refuses."""
-        accounts = self._money_accounts()
+        never races an automatic top-up). Raises ``ChainError`` if the chain refuses, ``InvalidRequest``
+        (404) for a provider that is neither in the pool nor one we hold a sub-account at."""
+        self._money_accounts()
         assert self._funder is not None
         if not 0 < amount < 2**256:
             raise InvalidRequest(f"cannot fund {amount} neuron: the amount must be positive", param="amount")
-        state = self.pool.get(provider)
-        known = state is not None and state.info.kind is ProviderKind.CHAIN
-        if not known and (account := accounts.get(provider)) is not None:
-            known = account.exists
-        if not known:
-            raise InvalidRequest(
-                f"{provider} is not a provider in the pool (nor one we hold a sub-account at)",
-                param="provider",
-                code="unknown_provider",
-            )
         return await self._funder.fund(provider, amount)
 
     async def refund(self, providers: Sequence[str] | None = None) -> list[TxResult]:

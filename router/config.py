@@ -24,6 +24,8 @@ from router.types import NEURON_PER_0G
 from router.verify.verifier import VerifyOptions
 
 DEFAULT_PORT = 8080
+# Prometheus' registry of default ports gives 9464 to OpenTelemetry exporters; deploy/ uses it too.
+DEFAULT_METRICS_PORT = 9464
 # The broker's own body cap (protocol.md §4.2): anything larger would be refused there anyway.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 SERVICE_TYPES = ("chatbot", "embedding", "text-to-image", "speech-to-text")
@@ -188,7 +190,21 @@ class RouterConfig:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    """The HTTP face. Without API keys it refuses to start unless ``allow_anonymous`` is set."""
+    """The HTTP face. Without API keys it refuses to start unless ``allow_anonymous`` is set.
+
+    Metrics: ``GET /metrics`` (Prometheus) needs no key and shows balances and spend, so it is not on the
+    API port: it listens on ``metrics_host:metrics_port``, loopback and 9464 by default (with ``port`` 0,
+    any free port, as tests and embedded gateways want). Set ``metrics_host`` to reach it from a private
+    network (a container's scraper), never the internet. ``metrics_on_api_port`` serves it on the API port
+    instead, to anyone who can reach that port; ``metrics = false`` serves it nowhere.
+
+    Slow and greedy clients: a connection must send a request's headers within ``header_timeout`` seconds
+    of opening or of its previous response (so an idle keep-alive connection closes after that long too:
+    keep a proxy's upstream idle timeout below it), and a body within ``body_timeout`` seconds (the
+    rest of a body the gateway does not read gets as long). A declared body over ``max_body_bytes`` is
+    refused (413) before it is sent. Each listening port holds at most ``max_connections`` connections;
+    the next ones get a 503 and are closed at once.
+    """
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -197,10 +213,14 @@ class GatewayConfig:
     allow_anonymous: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     shutdown_timeout: float = 10.0
-    # Prometheus metrics at GET /metrics, without a key: on the gateway's port, or on ``metrics_port``
-    # alone (same host) so that the public port does not show them.
+    # nginx's keep-alive default: above the 60 s idle timeout of common proxies and load balancers.
+    header_timeout: float = 75.0
+    body_timeout: float = 60.0
+    max_connections: int = 1024
     metrics: bool = True
+    metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    metrics_on_api_port: bool = False
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.allow_anonymous:
@@ -217,14 +237,36 @@ class GatewayConfig:
         if self.metrics_port is not None:
             if not 0 <= self.metrics_port <= 65535:
                 raise ConfigError(f"metrics_port must be 0-65535, got {self.metrics_port}")
-            if self.metrics_port == self.port != 0:
-                raise ConfigError("metrics_port must differ from port (leave it unset to share the port)")
             if not self.metrics:
                 raise ConfigError("metrics_port is set but metrics = false")
+            if self.metrics_on_api_port:
+                raise ConfigError("metrics_port is set but metrics_on_api_port = true: choose one")
+        if self.metrics_on_api_port and not self.metrics:
+            raise ConfigError("metrics_on_api_port = true but metrics = false")
+        address = self.metrics_address
+        if address is not None and address[1] == self.port != 0:
+            raise ConfigError(
+                "metrics_port must differ from port (set metrics_on_api_port = true to share the port)"
+            )
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout cannot be negative")
+        for name in ("header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {self.max_connections}")
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics`` listens on its own, or None (no metrics, or on the API port)."""
+        if not self.metrics or self.metrics_on_api_port:
+            return None
+        if self.metrics_port is not None:
+            return self.metrics_host, self.metrics_port
+        return self.metrics_host, 0 if self.port == 0 else DEFAULT_METRICS_PORT
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -280,6 +322,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         gateway_data["host"] = env["ZG_ROUTER_HOST"]
     if "ZG_ROUTER_PORT" in env:
         gateway_data["port"] = _int(env["ZG_ROUTER_PORT"], "ZG_ROUTER_PORT")
+    if "ZG_ROUTER_METRICS_HOST" in env:
+        gateway_data["metrics_host"] = env["ZG_ROUTER_METRICS_HOST"]
     if "ZG_ROUTER_METRICS_PORT" in env:
         gateway_data["metrics_port"] = _int(env["ZG_ROUTER_METRICS_PORT"], "ZG_ROUTER_METRICS_PORT")
     return router, _section(GatewayConfig, gateway_data, "gateway")

@@ -3,7 +3,8 @@
 Discovery reads every page of services from chain, keeps the acknowledged ones whose URL passes the guard,
 asks each for its ``/v1/models`` (limits, per-model prices, extra model ids) and hands the pool a complete
 snapshot. It refreshes on a cadence and as soon as ``ServiceUpdated``, ``ServiceRemoved`` or
-``ProviderTEESignerAcknowledged`` logs appear. The prober closes breakers with free ``/v1/models`` calls.
+``ProviderTEESignerAcknowledged`` logs appear. The prober closes breakers with free ``/v1/models`` calls,
+so providers come back after an outage without any real traffic.
 """
 
 from __future__ import annotations
@@ -217,9 +218,10 @@ class Discovery:
 
 
 class Prober:
-    """Sends a free ``GET`` to each half-open provider. No answer re-opens its breaker with a longer
-    cooldown, so no paid request is spent on a provider that is still down; an answer lets the next real
-    request through as the probe that closes it."""
+    """Sends a free ``GET`` to each half-open provider every ``probe_interval``. No answer re-opens its
+    breaker with a longer cooldown, so no paid request is spent on a provider that is still down; an answer
+    closes it on probation (``Health.reachable``): real traffic flows again at once, and the first failure
+    re-opens it for twice as long."""
 
     def __init__(
         self, pool: Pool, transport: HttpTransport, options: DiscoveryOptions, emit: Observer

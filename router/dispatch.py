@@ -4,6 +4,18 @@ Per attempt: rank the candidates (pure), take a slot (admission queue), send, cl
 health, and either return, fail over to the next candidate, or stop. Failover happens only before the
 first byte reaches the caller: a plain reply is read whole before it is returned, and a stream is returned
 only once its first event has arrived. The slot goes back exactly once on every path, cancellation included.
+
+One request charges provider health at most once. A request whose attempts fail alike on several
+providers (a body every model server chokes on) is evidence against the request, not the providers: left
+unbounded, three such requests would open every breaker of a model. So only a request's first unhealthy
+failure (5xx, connect error, timeout, broken reply or stream) counts against its provider's health; later
+ones fail over, still reported as ``AttemptFailed``, without charging theirs. A pool that is really down
+still opens its breakers: every request charges the first provider that failed it.
+
+Breakers eject at most ``max_ejection_percent`` of a model's providers at once (Envoy's outlier-detection
+cap): past it, the least bad ejected providers are reprieved to half-open, where one probe at a time may
+go, so breakers alone never leave a model without a provider. The cap is checked before each attempt and
+kept whenever a request's charge opens a breaker, so no request sees more of its model ejected.
 """
 
 from __future__ import annotations
@@ -25,12 +37,14 @@ from router.errors import (
     ProviderUnreachable,
     RequestFailed,
     UpstreamRejected,
+    clipped,
 )
 from router.observability.events import AttemptFailed, Observer, RequestFinished
-from router.policy.outcome import Verdict, classify, error_message, reset_seconds
-from router.policy.select import eligible, rank, retry_candidates
+from router.policy.outcome import Verdict, classify, error_message, json_object, reset_seconds, says_json
+from router.policy.select import eligible, over_ejection_cap, rank, retry_candidates
 from router.pool.accounting import Accounts, FundingState, Hold
-from router.pool.admission import Admission
+from router.pool.admission import Admission, retry_after
+from router.pool.health import MAX_EJECTION_PERCENT
 from router.pool.pricing import Charge, reply_charge
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
 from router.pool.trust import TrustState
@@ -48,9 +62,20 @@ _NO_CHARGE = Charge(None)
 class _Run:
     """One request's progress through its attempts."""
 
-    __slots__ = ("_last", "attempts", "call", "counted", "failed_at", "queued", "started", "tried")
+    __slots__ = (
+        "_charge",
+        "_last",
+        "attempts",
+        "call",
+        "charged",
+        "counted",
+        "failed_at",
+        "queued",
+        "started",
+        "tried",
+    )
 
-    def __init__(self, call: Call, started: float) -> None:
+    def __init__(self, call: Call, started: float, charge: Callable[[Call, ProviderState], None]) -> None:
         self.call = call
         self.started = started
         self.attempts = 0
@@ -58,6 +83,8 @@ class _Run:
         self.queued = 0.0  # seconds spent waiting for provider slots, over all attempts
         self.tried: set[str] = set()
         self.failed_at: set[str] = set()  # providers whose failure counted against this request
+        self.charged = False  # whether one of its failures was charged to a provider's health
+        self._charge = charge
         self._last: _FailOver | None = None
 
     def failed(self, exc: BaseException | None) -> None:
@@ -66,6 +93,14 @@ class _Run:
             if exc.counts:
                 self.counted += 1
                 self.failed_at.add(exc.provider)
+            if exc.unhealthy is not None:
+                self.charge_once(exc.unhealthy)
+
+    def charge_once(self, state: ProviderState) -> None:
+        """An unhealthy failure at ``state``: charged to its health if it is the request's first."""
+        if not self.charged:
+            self.charged = True
+            self._charge(self.call, state)
 
     def last_failure(self) -> _FailOver:
         assert self._last is not None
@@ -75,12 +110,21 @@ class _Run:
 class _FailOver(Exception):
     """This attempt failed in a way another attempt may fix."""
 
-    def __init__(self, provider: str, status: int | None, detail: str, *, counts: bool) -> None:
+    def __init__(
+        self,
+        provider: str,
+        status: int | None,
+        detail: str,
+        *,
+        counts: bool,
+        unhealthy: ProviderState | None = None,
+    ) -> None:
         super().__init__(detail)
         self.provider = provider
         self.status = status
         self.detail = detail
         self.counts = counts
+        self.unhealthy = unhealthy  # the provider it counts against, if the failure says it is unhealthy
 
 
 class Dispatcher:
@@ -101,6 +145,7 @@ class Dispatcher:
         default_max_tokens: int = 4096,
         verifier: Verifier | None = None,
         rng: random.Random | None = None,
+        max_ejection_percent: float = MAX_EJECTION_PERCENT,
     ) -> None:
         self._pool = pool
         self._admission = admission
@@ -114,11 +159,12 @@ class Dispatcher:
         self._default_max_tokens = default_max_tokens
         self._verifier = verifier
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
+        self._max_ejection_percent = max_ejection_percent
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
         """Serve ``call``: a ``Reply``, a ``StreamReply`` (for ``call.stream``), or a ``RequestFailed``."""
         started = self._admission.now()
-        run = _Run(call, started)
+        run = _Run(call, started, self._charge)
         try:
             candidates = self._candidates(call)
             # Most requests succeed at once: the first attempt runs without the retry machinery.
@@ -169,21 +215,35 @@ class Dispatcher:
         return run.counted < self._options.max_attempts and self._admission.now() < run.call.deadline
 
     async def _next_attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
+        call = run.call
+        now = self._admission.now()
+        self._cap_ejections(call, now)
+        # Which of them may go now is decided before what this request already tried: a failover whose
+        # untried providers are all ejected goes back to one that is not, rather than ending in a 503.
+        available = [s for s in candidates if s.available(now)]
+        if not available:
+            retry = retry_after(candidates, now)
+            raise NoProviderAvailable(
+                f"all {len(candidates)} provider(s) of {clipped(call.model)} are cooling down or excluded; "
+                f"try again in {retry} s",
+                code="no_available_provider",
+                headers={"Retry-After": str(retry)},
+            )
         run.attempts += 1
-        return await self._attempt(run, retry_candidates(candidates, run.tried, run.failed_at))
+        return await self._attempt(run, retry_candidates(available, run.tried, run.failed_at), now)
 
     def _candidates(self, call: Call) -> list[ProviderState]:
         everyone = self._pool.candidates(call.endpoint.service_type, call.model)
         if not everyone:
             if self._pool.knows_model(call.model):
                 raise InvalidRequest(
-                    f"model {call.model!r} is not served on {call.endpoint.path.removeprefix('/')}",
+                    f"model {clipped(call.model)} is not served on {call.endpoint.path.removeprefix('/')}",
                     status=404,
                     code="model_not_found",
                     param="model",
                 )
             raise InvalidRequest(
-                f"model {call.model!r} does not exist; GET /v1/models lists the models on offer",
+                f"model {clipped(call.model)} does not exist; GET /v1/models lists the models on offer",
                 status=404,
                 code="model_not_found",
                 param="model",
@@ -197,25 +257,15 @@ class Dispatcher:
             raise _none_verified(call, everyone)
         if not allowed:
             raise NoProviderAvailable(
-                f"none of the {len(everyone)} provider(s) of {call.model!r} matches the request's provider "
-                "preferences",
+                f"none of the {len(everyone)} provider(s) of {clipped(call.model)} matches the request's "
+                "provider preferences",
                 code="no_matching_provider",
             )
         return allowed
 
-    async def _attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
+    async def _attempt(self, run: _Run, candidates: list[ProviderState], now: float) -> Reply | StreamReply:
         call = run.call
-        now = self._admission.now()
-        ranked = [
-            s for s in rank(candidates, call.prefs, self._options.strategy, self._rng) if s.available(now)
-        ]
-        if not ranked:
-            raise NoProviderAvailable(
-                f"all {len(candidates)} provider(s) of {call.model!r} are cooling down or excluded; "
-                "try again shortly",
-                code="no_available_provider",
-                headers={"Retry-After": "1"},
-            )
+        ranked = rank(candidates, call.prefs, self._options.strategy, self._rng)
         accounts = self._accounts
         reserves: dict[str, int] = {}
         if accounts is not None:
@@ -306,18 +356,30 @@ class Dispatcher:
         try:
             body = await upstream.read()
         except ProviderUnreachable as exc:
-            raise self._failed(call, state, 200, Verdict.UNHEALTHY, str(exc)) from None
-        done = self._admission.now()
-        state.health.record_success(latency=done - sent)
+            # A 2xx is billed for what was generated even if its body never arrives whole (protocol.md
+            # §10): book the reserve, an upper bound, until the provider's own figure says otherwise.
+            slot.cost = slot.hold.amount
+            raise self._failed(call, state, upstream.status, Verdict.UNHEALTHY, str(exc)) from None
+        content_type = upstream.headers.get("Content-Type", "application/json")
         images = call.endpoint is Endpoint.IMAGES
-        charge = reply_charge(info.pricing, body, images=images)
+        if call.endpoint is Endpoint.TRANSCRIPTIONS and not says_json(content_type):
+            # response_format text, srt or vtt: text the provider bills by its own count.
+            charge = _NO_CHARGE
+        else:
+            doc = json_object(body)
+            if doc is None:
+                slot.cost = slot.hold.amount
+                detail = "reply body is not a JSON object (truncated or malformed)"
+                raise self._failed(call, state, upstream.status, Verdict.UNHEALTHY, detail)
+            charge = reply_charge(info.pricing, doc, images=images)
+        state.health.record_success(latency=self._admission.now() - sent)
         slot.cost = charge.cost
         self._finish(run, upstream.status, info.id, charge)
         res_key = upstream.headers.get("ZG-Res-Key")
         return Reply(
             status=upstream.status,
             body=body,
-            content_type=upstream.headers.get("Content-Type", "application/json"),
+            content_type=content_type,
             provider=info.id,
             attempts=run.attempts,
             cost=charge.cost,
@@ -355,6 +417,7 @@ class Dispatcher:
             self._finish(run, status, state.id, charge, ttft=ttft, error=error)
 
         def broken(detail: str) -> None:
+            run.charge_once(state)
             self._emit(AttemptFailed(call.request_id, state.id, "stream_broken", 200, detail[:300]))
 
         verifier = self._verifier
@@ -382,12 +445,11 @@ class Dispatcher:
     def _failed(
         self, call: Call, state: ProviderState, status: int | None, verdict: Verdict, detail: str
     ) -> _FailOver:
-        """Record what an attempt's failure means for its provider; the signal to try the next one."""
+        """Record what an attempt's failure means for its provider; the signal to try the next one. An
+        unhealthy verdict is charged to health by the request's run, once per request."""
         now = self._admission.now()
         options = self._options
-        if verdict is Verdict.UNHEALTHY:
-            state.health.record_failure()
-        elif verdict is Verdict.UNFUNDED:
+        if verdict is Verdict.UNFUNDED:
             state.health.record_success()
             state.exclude(Exclusion.UNFUNDED, now + options.unfunded_cooldown)
             self._on_unfunded(state)
@@ -401,7 +463,24 @@ class Dispatcher:
             status,
             f"{state.id}: {status or 'no reply'} {detail[:200]}",
             counts=verdict is not Verdict.RATE_LIMITED,
+            unhealthy=state if verdict is Verdict.UNHEALTHY else None,
         )
+
+    def _charge(self, call: Call, state: ProviderState) -> None:
+        """Count a request's (first) unhealthy failure against ``state``; keep the ejection cap if that
+        opened its breaker."""
+        state.health.record_failure()
+        if not state.health.admits():
+            self._cap_ejections(call, self._admission.now())
+
+    def _cap_ejections(self, call: Call, now: float) -> None:
+        """Reprieve the breakers that eject more than the cap allows of ``call``'s model's providers."""
+        everyone = self._pool.candidates(call.endpoint.service_type, call.model)
+        reprieved = over_ejection_cap(everyone, now, self._max_ejection_percent)
+        for state in reprieved:
+            state.health.reprieve()
+        if reprieved:
+            self._admission.wake()
 
     def _finish(
         self,

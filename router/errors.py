@@ -29,6 +29,7 @@ never escape it.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 
 
@@ -185,3 +186,15 @@ class AllAttemptsFailed(RequestFailed):
 class NoProviderAvailable(RequestFailed):
     status = 503
     type = "service_unavailable"
+
+
+def clipped(value: object, limit: int = 100, *, quote: bool = True) -> str:
+    """``value`` as an error message quotes it, at most about ``limit`` characters: input quoted back must
+    not make an error as large as the input. A cut string ends in an ellipsis and its full length;
+    ``quote=False`` leaves a string unquoted. Other values get ``reprlib``'s bounded repr, cut the same."""
+    if isinstance(value, str):
+        shown = value[:limit]
+        text = repr(shown) if quote else shown
+        return text if len(value) <= limit else f"{text}… ({len(value)} characters)"
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"

@@ -18,7 +18,7 @@ from router.pool.admission import Admission
 from router.pool.pricing import Charge
 from router.pool.providers import ProviderState
 from router.transport.http import Upstream
-from router.transport.sse import DONE, error_event, is_done, usage_of
+from router.transport.sse import DONE, error_event, is_done
 from router.verify.check import Finding
 
 
@@ -119,9 +119,11 @@ class StreamReply:
         verify: Callable[[Sequence[bytes]], asyncio.Future[Finding]] | None = None,
         wait: Callable[[asyncio.Future[Finding]], Awaitable[Finding]] | None = None,
     ) -> None:
-        """``verify`` (when this stream is checked) takes the relayed upstream bytes once the stream
-        ended well; ``wait`` (when the caller asked for a synchronous verdict) awaits that verdict, which
-        then precedes ``[DONE]`` as an SSE comment."""
+        """``emit_broken`` hears a provider failure mid-stream: it reports it and charges it to the
+        provider's health (once per request, as the dispatcher charges failures). ``verify`` (when this
+        stream is checked) takes the relayed upstream bytes once the stream ended well; ``wait`` (when the
+        caller asked for a synchronous verdict) awaits that verdict, which then precedes ``[DONE]`` as an
+        SSE comment."""
         self._state = state
         self._slot = slot
         self._upstream = upstream
@@ -177,11 +179,11 @@ class StreamReply:
                     if held is not None:
                         yield held
                         held = None
-                    if (usage := usage_of(event)) is not None:
-                        self.usage = usage
                     yield event
                 event = await anext(self._upstream_events, None)
             health.record_success(latency=self._elapsed(), ttft=self.ttft)
+            # The upstream read each event's usage as it checked the event: no second parse here.
+            self.usage = self._upstream.usage
             self.charge = self._state.info.pricing.usage_charge(self.usage)
             status, error = 200, None
             if self._verify is not None and relayed is not None:
@@ -196,7 +198,6 @@ class StreamReply:
                 yield DONE
         except ProviderUnreachable as exc:
             status, error = 502, str(exc)
-            health.record_failure()
             self._emit_broken(error)
             yield error_event(f"the provider failed mid-stream: {exc}", "stream_interrupted")
             yield DONE

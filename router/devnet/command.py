@@ -90,27 +90,37 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
         format=args.log_format or ("json" if args.json else "auto"),
         secrets=[dev_private_key(USER_KEY_INDEX), api_key, admin_key],
     )
+    # Metrics on a free port, named in the output: two devnets on one machine must not collide.
     gateway_config = GatewayConfig(
-        host="127.0.0.1", port=args.gateway_port, api_keys=(api_key,), admin_keys=(admin_key,)
+        host="127.0.0.1",
+        port=args.gateway_port,
+        api_keys=(api_key,),
+        admin_keys=(admin_key,),
+        metrics_port=0,
     )
     async with Devnet(devnet_config(args)) as devnet:
         summary = devnet_summary(devnet)
 
         def announce(router: Router, gateway: Gateway) -> None:
-            summary["gateway"] = {"url": gateway.url + "/v1", "api_key": api_key, "admin_key": admin_key}
+            summary["gateway"] = {
+                "url": gateway.url + "/v1",
+                "metrics_url": gateway.metrics_url,
+                "api_key": api_key,
+                "admin_key": admin_key,
+            }
             if args.json:
                 print(json.dumps(summary), flush=True)
             else:
                 _print_readable(summary, devnet.ready_seconds)
                 model = devnet.providers[0].spec.model
-                print(_try_it(gateway.url, api_key, admin_key, model), flush=True)
+                print(_try_it(gateway.url, api_key, admin_key, model, gateway.metrics_url), flush=True)
 
         await serve(devnet_router_config(devnet), gateway_config, announce=announce)
     print("devnet stopped", file=sys.stderr)
     return 0
 
 
-def _try_it(base: str, api_key: str, admin_key: str, model: str) -> str:
+def _try_it(base: str, api_key: str, admin_key: str, model: str, metrics_url: str | None) -> str:
     url = base + "/v1"
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     return f"""
@@ -129,6 +139,8 @@ Try it (Ctrl-C stops the gateway and the devnet):
 Balances and providers (admin key {admin_key}):
 
   ZG_ROUTER_URL={base} ZG_ROUTER_ADMIN_KEY={admin_key} .venv/bin/zg-router balance
+
+Prometheus metrics (no key, loopback only): {metrics_url}
 """
 
 

@@ -63,7 +63,8 @@ def configure_logging(
     """Log to ``stream`` (stderr) at ``level`` in ``format``: ``json`` (one object a line, for machines),
     ``console`` (aligned and coloured on a terminal, for people), ``logfmt`` (key=value), or ``auto``
     (console on a terminal, JSON otherwise). Every line passes the redaction processor first, which
-    blanks ``secrets`` (the wallet key, API keys) wherever they appear.
+    blanks ``secrets`` (the wallet key, API keys) wherever they appear. Records of stdlib loggers (the
+    libraries') take the same path, through a handler on the root logger set to ``level``.
     """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
@@ -82,19 +83,42 @@ def configure_logging(
         renderer = structlog.processors.LogfmtRenderer(
             key_order=["timestamp", "level", "event"], drop_missing=True
         )
+    redactor = Redactor(secrets)
+    stamp: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            Redactor(secrets),
-            renderer,
-        ],
+        processors=[*stamp, structlog.processors.format_exc_info, redactor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(numeric, out, stamp, [structlog.processors.format_exc_info, redactor, renderer])
+
+
+class _StdlibHandler(logging.StreamHandler[TextIO]):
+    """The root handler ``configure_logging`` installs (and replaces when called again)."""
+
+
+def _route_stdlib(
+    level: int, out: TextIO, stamp: list[structlog.typing.Processor], tail: list[structlog.typing.Processor]
+) -> None:
+    """Every stdlib logger (aiohttp's parser and access logs, asyncio, web3, ...) through the same
+    processors: one line per record in the same format, its message, arguments and traceback redacted."""
+    handler = _StdlibHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*stamp, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 class Redactor:

@@ -10,6 +10,7 @@ import enum
 import json
 import math
 import re
+from typing import Any
 
 from router.pool.providers import ProviderKind
 
@@ -19,7 +20,7 @@ class Verdict(enum.Enum):
     UNHEALTHY = "unhealthy"  # 5xx, connect error, timeout: cool the provider down, fail over
     RATE_LIMITED = "rate_limited"  # 429: back off this (wallet, provider) pair, fail over
     UNFUNDED = "unfunded"  # our sub-account is too low there: exclude until funded, fail over
-    MISCONFIGURED = "misconfigured"  # auth, acknowledgement, model or route problem there: fail over
+    MISCONFIGURED = "misconfigured"  # auth, acknowledgement, model, route or redirect there: fail over
     CLIENT_ERROR = "client_error"  # the request itself is wrong: return the provider's answer as is
 
 
@@ -52,6 +53,11 @@ def classify(status: int, body: bytes, kind: ProviderKind = ProviderKind.CHAIN) 
     """The verdict for an HTTP reply with ``status`` and (the start of) its ``body``."""
     if status < 300:
         return Verdict.OK
+    if status < 400:
+        # A redirect is never followed (it could point anywhere, the operator's network included), so
+        # the provider is not where the registry says it is, or is hostile; either way no retry there
+        # helps until its entry changes, and a short breaker cooldown would only bring it back to fail.
+        return Verdict.MISCONFIGURED
     if status == 429:
         # Five wrong-model requests block the wallet at that provider for an hour (protocol.md §4.2).
         if b"invalid model" in body:
@@ -75,13 +81,25 @@ def classify(status: int, body: bytes, kind: ProviderKind = ProviderKind.CHAIN) 
     return Verdict.CLIENT_ERROR
 
 
-def error_message(body: bytes) -> str:
-    """The error text of a provider body: ``{"error": "..."}``, ``{"error": {"message": ...}}`` or raw."""
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` parsed, if it is a JSON object; None for anything else (truncated, not JSON, nested too
+    deeply, another JSON value)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
-        return body[:500].decode("utf-8", "replace")
-    if isinstance(data, dict):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def says_json(content_type: str) -> bool:
+    """Whether a ``Content-Type`` header value is ``application/json`` (its parameters aside)."""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def error_message(body: bytes) -> str:
+    """The error text of a provider body: ``{"error": "..."}``, ``{"error": {"message": ...}}`` or raw."""
+    data = json_object(body)
+    if data is not None:
         error = data.get("error", data.get("message"))
         if isinstance(error, dict):
             error = error.get("message")

@@ -8,12 +8,14 @@ Per-request preferences follow OpenRouter's ``provider`` object (``order``, ``on
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from router.errors import InvalidRequest
+from router.errors import InvalidRequest, clipped
+from router.pool.health import BreakerState
 from router.pool.providers import ProviderState
 from router.pool.trust import TrustState
 
@@ -32,7 +34,9 @@ class Strategy(enum.Enum):
             return cls(name)
         except ValueError:
             choices = ", ".join(s.value for s in cls)
-            raise InvalidRequest(f"unknown sort {text!r}; use one of: {choices}", param=param) from None
+            raise InvalidRequest(
+                f"unknown sort {clipped(text)}; use one of: {choices}", param=param
+            ) from None
 
 
 # OpenRouter's "throughput" is closest to our least-loaded.
@@ -87,7 +91,8 @@ def _from_body(field: object) -> dict[str, Any]:
     unknown = set(field) - set(_BODY_FIELDS)
     if unknown:
         raise InvalidRequest(
-            f"unknown field(s) in `provider`: {', '.join(sorted(unknown))}; known: {', '.join(_BODY_FIELDS)}",
+            f"unknown field(s) in `provider`: {clipped(', '.join(sorted(unknown)), quote=False)}; "
+            f"known: {', '.join(_BODY_FIELDS)}",
             param="provider",
         )
     values: dict[str, Any] = {}
@@ -235,6 +240,34 @@ def retry_candidates(
     if untried:
         return untried
     return [s for s in candidates if s.id not in failed] or list(candidates)
+
+
+def over_ejection_cap(
+    providers: Sequence[ProviderState], now: float, max_percent: float
+) -> Sequence[ProviderState]:
+    """The breaker-ejected providers to let back so that breakers eject at most ``max_percent`` % of
+    ``providers`` (a model's) at once, least bad first: the breaker due to reopen soonest, then the lower
+    error rate. Ejected is open, or half-open with its one probe out; a provider excluded for another
+    reason (unfunded, misconfigured, untrusted) counts neither way, as letting its breaker go would not
+    bring it back. Empty when the cap holds, which costs one pass and no allocation when all are closed.
+    """
+    ejected = live = 0
+    for state in providers:
+        if state.excluded and state.excluded_at(now) is not None:
+            continue
+        live += 1
+        if not state.health.admits():
+            ejected += 1
+    excess = ejected - math.floor(live * max_percent / 100)
+    if excess <= 0:
+        return ()
+    shut = [
+        s
+        for s in providers
+        if s.health.state is BreakerState.OPEN and not (s.excluded and s.excluded_at(now) is not None)
+    ]
+    shut.sort(key=lambda s: (s.health.retry_in, s.health.error_rate))
+    return shut[:excess]
 
 
 def rank(

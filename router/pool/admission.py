@@ -91,7 +91,7 @@ class Admission:
                     return state
         if len(self._waiters) >= self._max_queued:
             raise Saturated(
-                "the admission queue is full", headers={"Retry-After": str(_retry_after(candidates, now))}
+                "the admission queue is full", headers={"Retry-After": str(retry_after(candidates, now))}
             )
         waiter = _Waiter(candidates, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
@@ -107,7 +107,7 @@ class Admission:
                 state.health.abandon()
                 self.release(state)
             if isinstance(exc, TimeoutError):
-                retry = _retry_after(candidates, self.now())
+                retry = retry_after(candidates, self.now())
                 raise Saturated(
                     "every provider for this request is at its rate or concurrency limit; "
                     f"try again in {retry} s",
@@ -193,10 +193,17 @@ async def _take(state: ProviderState) -> None:
     await state.gate.take()
 
 
-def _retry_after(candidates: Sequence[ProviderState], now: float) -> int:
-    """Whole seconds until the soonest candidate is likely to take a request again (at least 1)."""
+def retry_after(candidates: Sequence[ProviderState], now: float) -> int:
+    """Whole seconds until the soonest candidate is likely to take a request again, rounded up, at least
+    1: for each, the last of its breaker's reopening, its exclusion's end, its 429 back-off's end and its
+    next token. The ``Retry-After`` of both our 429 (queue) and our 503 (every candidate ejected)."""
     waits = [
-        max(state.gate.blocked_until - now, state.health.retry_in, state.gate.seconds_per_request)
+        max(
+            state.gate.blocked_until - now,
+            state.health.retry_in,
+            max(state.excluded.values(), default=now) - now,
+            state.gate.seconds_per_request,
+        )
         for state in candidates
     ]
     return max(1, math.ceil(min(waits, default=1.0)))

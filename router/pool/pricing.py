@@ -8,7 +8,6 @@ usage is billed by the broker's fallback: whitespace-separated words of the outp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -82,15 +81,9 @@ class Pricing:
         return len(text.split()) * self.output_price
 
 
-def reply_charge(pricing: Pricing, body: bytes, *, images: bool = False) -> Charge:
-    """The charge for a whole JSON reply: by usage, by picture count for images, and by the words of the
-    output when there is no usage."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return Charge(None)
-    if not isinstance(doc, dict):
-        return Charge(None)
+def reply_charge(pricing: Pricing, doc: Mapping[str, Any], *, images: bool = False) -> Charge:
+    """The charge for a whole JSON reply, parsed: by usage, by picture count for images, and by the words
+    of the output when there is no usage."""
     if images:
         data = doc.get("data")
         return Charge(len(data) * pricing.output_price if isinstance(data, list) else None)
@@ -102,7 +95,7 @@ def reply_charge(pricing: Pricing, body: bytes, *, images: bool = False) -> Char
     return Charge(pricing.words_fee(text) if text is not None else None)
 
 
-def _output_text(doc: dict[str, Any]) -> str | None:
+def _output_text(doc: Mapping[str, Any]) -> str | None:
     """The generated text of a chat completion or a transcription."""
     if isinstance(doc.get("text"), str):
         return str(doc["text"])

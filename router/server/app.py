@@ -1,20 +1,27 @@
 """The OpenAI-compatible gateway: ``make_app(router, config)`` builds the aiohttp application.
 
 Handlers parse and validate, call ``Router.dispatch``, and write the reply. Every error a client can see is
-OpenAI-shaped JSON with the right status; nothing here decides routing.
+OpenAI-shaped JSON with the right status, down to the HTTP server's own (requests its parser refuses, too
+many connections), and slow clients are cut off by the limits ``GatewayConfig`` sets; nothing here decides
+routing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from http.client import responses
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import structlog
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.client import Router
@@ -50,8 +57,9 @@ class Gateway:
 
     Handlers are cancelled when their client disconnects, so an abandoned request frees its slot at once.
     On exit, requests in flight get ``config.shutdown_timeout`` seconds to finish. With ``config.metrics``
-    it serves ``/metrics`` at ``self.metrics_url`` from ``metrics``, or from a ``Metrics`` of its own
-    (``self.metrics``). Pass one built before the router opened to count what happens while it opens.
+    it serves ``/metrics`` at ``self.metrics_url`` (its own port unless ``config.metrics_on_api_port``)
+    from ``metrics``, or from a ``Metrics`` of its own (``self.metrics``). Pass one built before the router
+    opened to count what happens while it opens.
     """
 
     def __init__(self, router: Router, config: GatewayConfig, *, metrics: Metrics | None = None) -> None:
@@ -59,30 +67,22 @@ class Gateway:
             metrics = Metrics(router)
         self.metrics = metrics
         registry = self.metrics.registry if self.metrics is not None else None
-        shared = registry if config.metrics_port is None else None
-        self._runners = [
-            web.AppRunner(
-                make_app(router, config, metrics=shared),
-                access_log=None,
-                handler_cancellation=True,
-                shutdown_timeout=config.shutdown_timeout,
-            )
-        ]
-        if registry is not None and config.metrics_port is not None:
-            self._runners.append(web.AppRunner(make_metrics_app(registry), access_log=None))
-        self._config = config
+        shared = registry if config.metrics_on_api_port else None
+        self._sites = [(_Runner(make_app(router, config, metrics=shared), config), config.host, config.port)]
+        address = config.metrics_address
+        if registry is not None and address is not None:
+            self._sites.append((_Runner(make_metrics_app(registry), config), *address))
         self.url = ""
         self.metrics_url: str | None = None
 
     async def __aenter__(self) -> Self:
-        ports = (self._config.port, self._config.metrics_port)
         urls = []
         try:
-            for runner, port in zip(self._runners, ports, strict=False):
+            for runner, host, port in self._sites:
                 await runner.setup()
-                await _listen(runner, self._config.host, port or 0)
-                host, bound = runner.addresses[0][:2]
-                urls.append(f"http://{host}:{bound}")
+                await _listen(runner, host, port)
+                bound_host, bound = runner.addresses[0][:2]
+                urls.append(f"http://{bound_host}:{bound}")
         except BaseException:
             await self._cleanup()
             raise
@@ -100,7 +100,7 @@ class Gateway:
         await self._cleanup()
 
     async def _cleanup(self) -> None:
-        for runner in self._runners:
+        for runner, _, _ in self._sites:
             await runner.cleanup()
 
 
@@ -109,6 +109,201 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+class _Runner(web.AppRunner):
+    """An ``AppRunner`` whose server is a ``_Server`` for ``config``."""
+
+    __slots__ = ("_gateway_config",)
+
+    def __init__(self, app: web.Application, config: GatewayConfig) -> None:
+        super().__init__(app, shutdown_timeout=config.shutdown_timeout)
+        self._gateway_config = config
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp has no public way to choose the connection class (aio-libs/aiohttp#3287): take the
+        # handler and request factory of the server AppRunner builds (after the app's startup) into ours.
+        made = await super()._make_server()
+        return _Server(made.request_handler, made.request_factory, self._gateway_config)
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server, making ``_Connection``s and holding at most ``max_connections``.
+
+    A connection over the cap gets a canned 503 and is closed before anything reads from it: it costs an
+    accept and a write, and no file descriptor stays open for it.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        request_factory: Callable[..., web.BaseRequest],
+        config: GatewayConfig,
+    ) -> None:
+        limited = functools.partial(
+            _body_limits, handler=handler, max_body=config.max_body_bytes, body_timeout=config.body_timeout
+        )
+        super().__init__(limited, request_factory=request_factory, handler_cancellation=True)
+        self._connection_options: dict[str, Any] = {
+            # A connection that has not sent a whole request head within header_timeout of opening (or
+            # of its previous response) is closed: aiohttp's keep-alive timer also runs while a head is
+            # half received, and nothing else bounds that wait.
+            "keepalive_timeout": config.header_timeout,
+            # How long the rest of a body nobody reads may take to arrive, after the response.
+            "lingering_time": config.body_timeout,
+            "access_log": None,
+        }
+        self._max_connections = config.max_connections
+        self._open: set[RequestHandler] = set()
+        self._busy = _busy_response(config.max_connections)
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=asyncio.get_running_loop(), **self._connection_options)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._open) >= self._max_connections:
+            transport.write(self._busy)
+            handler.force_close()
+            return
+        self._open.add(handler)
+        super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._open.discard(handler)
+        super().connection_lost(handler, exc)
+
+
+async def _body_limits(
+    request: web.BaseRequest,
+    *,
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    max_body: int,
+    body_timeout: float,
+) -> web.StreamResponse:
+    """``handler``, unless the declared body is over ``max_body`` (413 before a byte of it is read), with
+    ``body_timeout`` seconds for the body to arrive (408 after). Once it has, the handler has all the time
+    it needs; a body it never reads is left to aiohttp's lingering, which ``lingering_time`` bounds."""
+    if not request.body_exists:
+        return await handler(request)
+    if request.content_length is not None and request.content_length > max_body:
+        return _too_large(max_body, _request_id(request))
+    deadline = asyncio.timeout(body_timeout)
+    try:
+        async with deadline:
+            request.content.on_eof(functools.partial(_lift, deadline))
+            return await handler(request)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+    return error_json(
+        408,
+        f"the request body did not arrive within {body_timeout:g} s",
+        "invalid_request_error",
+        code="request_timeout",
+        headers={"x-request-id": _request_id(request)},
+    )
+
+
+def _lift(deadline: asyncio.Timeout) -> None:
+    # The body is all in. If the handler has returned already the deadline is gone: nothing to lift.
+    with contextlib.suppress(RuntimeError):
+        deadline.reschedule(None)
+
+
+def _too_large(max_body: int, request_id: str) -> web.Response:
+    response = error_json(
+        413,
+        f"the request body is larger than the gateway's limit of {max_body} bytes",
+        "invalid_request_error",
+        code="request_too_large",
+        headers={"x-request-id": request_id},
+    )
+    # The client may still be sending the rest: it should not send another request on this connection.
+    response.force_close()
+    return response
+
+
+# What a request aiohttp's parser refused gets told, by the parser's exception: never the exception's own
+# text, which quotes the offending bytes (a header holding a key, say). Subclasses before their bases.
+_PARSER_ERRORS: tuple[tuple[type[http_exceptions.HttpProcessingError], str], ...] = (
+    (http_exceptions.LineTooLong, "a request line or header is longer than the gateway's limit of {} bytes"),
+    (http_exceptions.InvalidHeader, "a request header is malformed"),
+    (http_exceptions.BadHttpMethod, "the request method is not a valid HTTP method"),
+    (http_exceptions.BadStatusLine, "the request line is not valid HTTP/1.1"),
+    (http_exceptions.InvalidURLError, "the request target is not a valid URL"),
+    (http_exceptions.TransferEncodingError, "the request body's chunked encoding is malformed"),
+    (http_exceptions.ContentEncodingError, "the request body's Content-Encoding cannot be decoded"),
+    (http_exceptions.PayloadEncodingError, "the request body is malformed"),
+)
+_MALFORMED = "the request is not valid HTTP/1.1: a header or the body's framing is malformed"
+
+
+class _Connection(RequestHandler):
+    """One client connection: aiohttp's, except that the answers it makes itself (to requests its parser
+    refuses, and to aiohttp's own HTTP exceptions) are OpenAI-shaped JSON that quote nothing of the
+    request; aiohttp's are text/plain and echo the offending line."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
+        else:
+            # TLS or scanners on a plain port send bad methods all day: debug, as aiohttp does.
+            log = self.logger.debug if isinstance(exc, http_exceptions.BadHttpMethod) else self.logger.info
+            log("malformed request from %s: %s", request.remote, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started: no error response can follow")
+        response = _protocol_error(status, None if status >= 500 else self._describe(exc))
+        response.force_close()
+        return response
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            # Raised by aiohttp before our handlers run (an unknown Expect, say), with a text body.
+            resp = _protocol_error(resp.status, resp.reason)
+        return await super().finish_response(request, resp, start_time)
+
+    def _describe(self, exc: BaseException | None) -> str:
+        for kind, text in _PARSER_ERRORS:
+            if isinstance(exc, kind):
+                return text.format(self.max_field_size)
+        return _MALFORMED
+
+
+def _protocol_error(status: int, message: str | None) -> web.Response:
+    """An answer aiohttp makes itself, as an OpenAI error: ``message``, or the status's own phrase."""
+    phrase = responses.get(status, "Error")
+    code = "_".join(phrase.lower().replace("-", " ").split())
+    if status >= 500:
+        return error_json(
+            status, message or f"internal error in the gateway ({phrase})", "api_error", code=code
+        )
+    return error_json(status, message or phrase, "invalid_request_error", code=code)
+
+
+def _busy_response(limit: int) -> bytes:
+    """The whole 503 a connection over ``limit`` gets, as bytes to write on its transport."""
+    error = {
+        "message": f"the gateway is at its limit of {limit} open connections; retry shortly",
+        "type": "service_unavailable",
+        "param": None,
+        "code": "too_many_connections",
+    }
+    body = json.dumps({"error": error}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def make_app(
@@ -157,13 +352,7 @@ def _guarded(
         except RequestFailed as exc:
             return error_response(exc, _reply_headers(request_id, exc.attempts))
         except web.HTTPRequestEntityTooLarge:
-            return error_json(
-                413,
-                f"the request body is larger than the gateway's limit of {max_body} bytes",
-                "invalid_request_error",
-                code="request_too_large",
-                headers={"x-request-id": request_id},
-            )
+            return _too_large(max_body, request_id)
         except Exception:
             # A bug of ours: the client gets an id to quote, the log gets the traceback.
             _log.exception("unhandled error", request_id=request_id, path=request.path)
@@ -319,7 +508,7 @@ async def _not_found(request: web.Request, *, ours: set[str]) -> web.Response:
     )
 
 
-def _request_id(request: web.Request) -> str:
+def _request_id(request: web.BaseRequest) -> str:
     """The client's ``X-Request-Id`` if it is sane (short, no odd characters), else a new one."""
     given = request.headers.get("X-Request-Id", "")
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex

@@ -67,6 +67,7 @@ async def serve(
         log.info(
             "gateway listening",
             url=gateway.url + "/v1",
+            metrics_url=gateway.metrics_url,
             providers=len(router.pool),
             wallet=router.wallet_address,
         )

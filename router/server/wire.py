@@ -13,13 +13,7 @@ from aiohttp import web
 from router.errors import InvalidRequest, RequestFailed, UpstreamRejected
 from router.policy.select import Preferences, parse_preferences
 from router.replies import Endpoint, max_output
-
-# Fields each JSON endpoint cannot do without, with what they must be.
-_REQUIRED: dict[Endpoint, tuple[str, type, str]] = {
-    Endpoint.CHAT: ("messages", list, "a non-empty list of messages"),
-    Endpoint.EMBEDDINGS: ("input", object, "a string or a list"),
-    Endpoint.IMAGES: ("prompt", str, "a string"),
-}
+from router.validate import validate_json, validate_transcription
 
 
 class Parsed:
@@ -59,18 +53,7 @@ def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, st
         raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
-    field, kind, shape = _REQUIRED[endpoint]
-    value = payload.get(field)
-    if value is None or not isinstance(value, kind) or (kind is list and not value):
-        raise InvalidRequest(f"`{field}` is required and must be {shape}", param=field)
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be true or false", param="stream")
-    if stream and endpoint is not Endpoint.CHAT:
-        raise InvalidRequest(f"streaming is not supported on {endpoint.path}", param="stream")
+    validate_json(endpoint, payload)
     if "provider" in payload:
         # Our routing field: providers must not see it. Re-encoding only then leaves most bodies untouched.
         prefs = parse_preferences(payload.pop("provider"), headers)
@@ -78,10 +61,10 @@ def parse_json_request(endpoint: Endpoint, body: bytes, headers: Mapping[str, st
     else:
         prefs = parse_preferences(None, headers)
     return Parsed(
-        model,
+        payload["model"],
         body,
         "application/json",
-        stream,
+        payload.get("stream") is True,
         prefs,
         max_output(endpoint, payload),
         verify_sync=verify_mode(headers),
@@ -107,6 +90,7 @@ def parse_multipart_request(body: bytes, content_type: str, headers: Mapping[str
     model = fields.get("model", b"").decode("utf-8", "replace").strip()
     if not model:
         raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
+    validate_transcription(fields)
     return Parsed(
         model, body, content_type, False, parse_preferences(None, headers), verify_sync=verify_mode(headers)
     )
@@ -126,9 +110,10 @@ def verify_mode(headers: Mapping[str, str]) -> bool:
 
 def bearer_matches(header: str | None, keys: tuple[bytes, ...]) -> bool:
     """``Authorization: Bearer <one of keys>``? Compared with every key, so the time taken says nothing
-    about which (if any) almost matched."""
+    about which (if any) almost matched. Any header text is safe: aiohttp hands over bytes that are not
+    UTF-8 as surrogates, which ``surrogatepass`` encodes to bytes no configured key can contain."""
     scheme, _, token = (header or "").partition(" ")
-    given = token.strip().encode()
+    given = token.strip().encode("utf-8", "surrogatepass")
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(given, key)

@@ -2,8 +2,9 @@
 
 Only http(s) URLs without credentials are accepted; private, loopback, link-local and other non-public
 targets are refused unless the config allows them (the devnet does). A literal IP is checked when the URL is
-accepted; a host name is checked on every connection by ``GuardedResolver``, so a name that later resolves
-to a private address (DNS rebinding) is refused too.
+accepted, to refuse it early and say why; ``guarded_socket`` then checks the address of every connection
+the registry session opens, before its socket exists, so no route around the first check (a host name that
+resolves, or later rebinds, to a private address; a literal IP) reaches a non-public peer.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
+from aiohttp import AddrInfoType
 
 from router.errors import UnsafeProviderUrl
 
@@ -50,20 +50,19 @@ def is_non_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> boo
     return not address.is_global or address.is_multicast
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves like aiohttp's default resolver, then drops every non-public address."""
+def guarded_socket(addr_info: AddrInfoType) -> socket.socket:
+    """The registry session's socket factory (aiohttp's ``TCPConnector(socket_factory=...)``).
 
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        public = [r for r in results if not is_non_public(ipaddress.ip_address(r["host"]))]
-        if not public:
-            raise OSError(f"{host} resolves only to non-public addresses")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
+    aiohttp hands every address it is about to connect to through here, whether it came from a resolver or
+    a literal IP in the URL; an OSError (a non-public address) makes that address's attempt fail before any
+    byte is sent, and aiohttp moves on to the next address, if there is one.
+    """
+    family, kind, proto, _, sockaddr = addr_info
+    host = str(sockaddr[0])
+    try:
+        refused = is_non_public(ipaddress.ip_address(host))
+    except ValueError:
+        refused = True
+    if refused:
+        raise OSError(f"{host} is not a public address")
+    return socket.socket(family, kind, proto)

@@ -1,7 +1,9 @@
 """The aiohttp client for providers. aiohttp errors become ``ProviderUnreachable`` here and nowhere else.
 
-Two sessions: one for registry providers (untrusted URLs, connections checked by ``GuardedResolver``
-unless private targets are allowed) and one for static upstreams the operator configured.
+Two sessions: one for registry providers (untrusted URLs, every connection's address checked by
+``guarded_socket`` unless private targets are allowed) and one for static upstreams the operator configured.
+Neither follows redirects: a redirect would take the request (the user's prompt, our session token) to a
+target nobody checked, so a 3xx comes back as the reply it is.
 """
 
 from __future__ import annotations
@@ -17,34 +19,40 @@ import aiohttp
 
 from router.errors import ConfigError, ProviderUnreachable
 from router.pool.providers import ProviderInfo, ProviderKind
-from router.transport.guard import GuardedResolver
-from router.transport.sse import SSEFramer
+from router.transport.guard import guarded_socket
+from router.transport.sse import MalformedEvent, SSEFramer, usage_of
 
 # Enough for a few large base64 images; a provider sending more is cut off rather than filling memory.
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-_READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class TransportOptions:
-    """Timeouts in seconds. ``stream_idle_timeout`` bounds the gap between two stream events."""
+    """Timeouts in seconds. ``stream_idle_timeout`` bounds the gap between two stream events;
+    ``body_idle_timeout`` the gap between two reads of a plain reply's body once its headers are in (the
+    wait for the headers, while the provider generates, is bounded only by the request's deadline)."""
 
     connect_timeout: float = 5.0
     stream_idle_timeout: float = 60.0
+    body_idle_timeout: float = 30.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     allow_private_targets: bool = False
 
     def __post_init__(self) -> None:
-        if min(self.connect_timeout, self.stream_idle_timeout) <= 0:
-            raise ConfigError("connect_timeout and stream_idle_timeout must be positive")
+        if min(self.connect_timeout, self.stream_idle_timeout, self.body_idle_timeout) <= 0:
+            raise ConfigError("connect_timeout, stream_idle_timeout and body_idle_timeout must be positive")
         if self.max_response_bytes < 1024:
             raise ConfigError("max_response_bytes must be at least 1024")
 
 
 class Upstream:
-    """A provider's reply whose headers have arrived. Close it (or read it to the end) exactly once."""
+    """A provider's reply whose headers have arrived. Close it (or read it to the end) exactly once.
 
-    __slots__ = ("_at_end", "_framer", "_idle_timeout", "_max_bytes", "_provider", "_response")
+    ``idle_timeout`` bounds each wait for more of the body. ``usage`` is the last non-empty usage object
+    of the stream's events so far.
+    """
+
+    __slots__ = ("_at_end", "_framer", "_idle_timeout", "_max_bytes", "_provider", "_response", "usage")
 
     def __init__(
         self, provider: str, response: aiohttp.ClientResponse, idle_timeout: float, max_bytes: int
@@ -55,6 +63,7 @@ class Upstream:
         self._max_bytes = max_bytes
         self._framer = SSEFramer()
         self._at_end = False
+        self.usage: dict[str, Any] | None = None
 
     @property
     def status(self) -> int:
@@ -65,29 +74,33 @@ class Upstream:
         return self._response.headers
 
     async def read(self) -> bytes:
-        """The whole body (at most ``max_response_bytes``); closes the response."""
+        """The whole body (at most ``max_response_bytes``); closes the response. A body that stalls
+        longer than the idle timeout raises ``ProviderUnreachable``, as a stream does."""
+        content = self._response.content
+        idle = self._idle_timeout
+        loop = asyncio.get_running_loop()
+        parts = []
+        size = 0
         try:
             with _mapped(self._provider):
-                length = self._response.content_length
-                if length is not None and length <= self._max_bytes:
-                    # The common case: a declared, acceptable length is read in one go.
-                    return await self._response.read()
-                parts = []
-                size = 0
-                async for chunk in self._response.content.iter_chunked(_READ_CHUNK):
-                    size += len(chunk)
-                    if size > self._max_bytes:
-                        raise ProviderUnreachable(
-                            self._provider, f"response larger than {self._max_bytes} bytes"
-                        )
-                    parts.append(chunk)
-                return b"".join(parts)
+                async with asyncio.timeout(idle) as timer:
+                    while chunk := await content.readany():
+                        size += len(chunk)
+                        if size > self._max_bytes:
+                            raise ProviderUnreachable(
+                                self._provider, f"response larger than {self._max_bytes} bytes"
+                            )
+                        parts.append(chunk)
+                        timer.reschedule(loop.time() + idle)
+            # One part (the common case) is joined without a copy.
+            return b"".join(parts)
         finally:
             self._response.release()
 
     async def events(self) -> AsyncIterator[bytes]:
-        """Whole SSE events as they arrive. A stall longer than the idle timeout, a dropped connection or
-        an end without ``[DONE]`` mid-event raises ``ProviderUnreachable``."""
+        """Whole SSE events as they arrive. A stall longer than the idle timeout, a dropped connection, an
+        end without ``[DONE]`` mid-event, or an event whose data is not a JSON object raises
+        ``ProviderUnreachable``: the client never gets an event it could not parse."""
         content = self._response.content
         while True:
             with _mapped(self._provider):
@@ -103,6 +116,15 @@ class Upstream:
                     yield tail
                 return
             for event in self._framer.feed(chunk):
+                # The one parse of each event: it checks the event and finds the usage.
+                try:
+                    usage = usage_of(event)
+                except MalformedEvent as exc:
+                    raise ProviderUnreachable(
+                        self._provider, f"sent a malformed stream event ({exc})"
+                    ) from None
+                if usage is not None:
+                    self.usage = usage
                 yield event
 
     def close(self) -> None:
@@ -124,7 +146,7 @@ class HttpTransport:
         registry = aiohttp.TCPConnector(
             limit=0,
             ttl_dns_cache=60,
-            resolver=None if self.options.allow_private_targets else GuardedResolver(),
+            socket_factory=None if self.options.allow_private_targets else guarded_socket,
         )
         static = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
         # auto_decompress off: bodies pass through byte for byte, with their Content-Encoding.
@@ -157,7 +179,7 @@ class HttpTransport:
         """POST ``body`` to ``provider.base_url + path``; returns once the reply's headers are in.
 
         ``time_left`` (seconds) bounds the whole exchange for a plain reply and the wait for headers for a
-        stream.
+        stream. A redirect is not followed: its 3xx is the reply.
         """
         opts = self.options
         client_timeout = aiohttp.ClientTimeout(
@@ -169,19 +191,30 @@ class HttpTransport:
         with _mapped(provider.id):
             async with asyncio.timeout(time_left):
                 response = await session.post(
-                    provider.base_url + path, data=body, headers=headers, timeout=client_timeout
+                    provider.base_url + path,
+                    data=body,
+                    headers=headers,
+                    timeout=client_timeout,
+                    allow_redirects=False,
                 )
-        return Upstream(provider.id, response, opts.stream_idle_timeout, opts.max_response_bytes)
+        idle = opts.stream_idle_timeout if stream else opts.body_idle_timeout
+        return Upstream(provider.id, response, idle, opts.max_response_bytes)
 
     async def get_json(
         self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
     ) -> Any:
-        """GET a free JSON route of a provider (``/v1/models``); non-2xx or non-JSON raises."""
+        """GET a free JSON route of a provider (``/v1/models``); non-2xx (a redirect too: it is not
+        followed) or non-JSON raises."""
         session = self._sessions[kind]
         with _mapped(provider):
             async with (
                 asyncio.timeout(time_left),
-                session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=time_left)) as response,
+                session.get(
+                    url,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=time_left),
+                    allow_redirects=False,
+                ) as response,
             ):
                 if response.status >= 300:
                     raise ProviderUnreachable(provider, f"{url} answered {response.status}")

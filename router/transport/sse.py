@@ -51,21 +51,35 @@ def is_done(event: bytes) -> bool:
     return event.startswith((b"data: [DONE]", b"data:[DONE]"))
 
 
+class MalformedEvent(ValueError):
+    """An event whose data is not a JSON object: a broken or hostile provider."""
+
+
 def usage_of(event: bytes) -> dict[str, Any] | None:
-    """The non-empty ``usage`` object of a chunk event, if it carries one (the final chunk does)."""
-    if b'"usage"' not in event:
+    """The non-empty ``usage`` object of a chunk event, if it carries one (the final chunk does).
+
+    An event's data must be a JSON object, else ``MalformedEvent``. Events without data (comments, blank
+    lines) and ``[DONE]`` carry no usage.
+    """
+    data = _data(event)
+    if data is None or data == b"[DONE]":
         return None
-    for line in event.splitlines():
-        if not line.startswith(b"data:"):
-            continue
-        try:
-            chunk = json.loads(line[5:])
-        except (ValueError, RecursionError):
-            return None
-        usage = chunk.get("usage") if isinstance(chunk, dict) else None
-        if isinstance(usage, dict) and usage:
-            return usage
-    return None
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        raise MalformedEvent("its data is not JSON") from None
+    if not isinstance(chunk, dict):
+        raise MalformedEvent("its data is not a JSON object")
+    usage = chunk.get("usage")
+    return usage if isinstance(usage, dict) and usage else None
+
+
+def _data(event: bytes) -> bytes | None:
+    """An event's data: the values of its ``data:`` lines joined by newlines (the SSE rule), or None."""
+    values = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b"\n".join(values)
 
 
 def error_event(message: str, code: str) -> bytes:

@@ -163,6 +163,8 @@ def test_the_image_runs_the_gateway_as_a_numeric_non_root_user(final_stage: list
     assert f"http://127.0.0.1:{API_PORT}/healthz" in healthcheck
     env = image_env(final_stage)
     assert env["ZG_ROUTER_HOST"] == ALL_INTERFACES
+    # A container's loopback is its own: the scraper reaches /metrics over the container network.
+    assert env["ZG_ROUTER_METRICS_HOST"] == ALL_INTERFACES
     assert env["ZG_ROUTER_CONFIG"] == "/etc/zg-router/config.toml"
     assert env["ZG_ROUTER_LOG_FORMAT"] == "json"
     assert env["PYTHONUNBUFFERED"] == "1"
@@ -372,6 +374,7 @@ def test_example_config_loads_with_the_addresses_the_deployment_uses() -> None:
     assert router.network is not None
     assert router.network.name == "testnet"
     assert (gateway.host, gateway.port, gateway.metrics_port) == (ALL_INTERFACES, API_PORT, METRICS_PORT)
+    assert gateway.metrics_address == (ALL_INTERFACES, METRICS_PORT)
     assert {p["name"]: p["containerPort"] for p in container()["ports"]} == {
         "http": gateway.port,
         "metrics": gateway.metrics_port,

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+import aiohttp
 import openai
 
 from router.devnet import USER_KEY_INDEX, Devnet, dev_private_key
@@ -25,6 +26,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, asyncio.timeout(30), http.get(url) as response:
+        return response.status, await response.text()
+
+
+async def _assert_metrics_apart(metrics_url: str, api_url: str) -> None:
+    """``metrics_url`` is on loopback, on its own port, and serves Prometheus text; the API port has no
+    /metrics."""
+    assert metrics_url.startswith("http://127.0.0.1:"), metrics_url
+    assert metrics_url.endswith("/metrics"), metrics_url
+    assert metrics_url.rsplit(":", 1)[1] != api_url.rsplit(":", 1)[1]
+    status, text = await _get(metrics_url)
+    assert status == 200
+    assert "zg_router_build_info" in text
+    assert (await _get(api_url.removesuffix("/v1") + "/metrics"))[0] == 404
+
+
 async def _chat(base_url: str, api_key: str, model: str) -> str:
     async with openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0) as client:
         reply = await client.chat.completions.create(
@@ -36,7 +54,8 @@ async def _chat(base_url: str, api_key: str, model: str) -> str:
 
 
 async def test_devnet_serve_json_line_gives_a_working_gateway(node_modules: NodeModules) -> None:
-    """The JSON line carries the gateway's URL and key, which the openai SDK uses as is; Ctrl-C stops all."""
+    """The JSON line carries the gateway's URL and key, which the openai SDK uses as is, and the URL of
+    its metrics (on loopback, apart from the API); Ctrl-C stops all."""
     async with zg_router(node_modules, "devnet", "--serve", "--json", "--providers", "2") as process:
         assert process.stdout is not None
         summary = json.loads(await read_until(process.stdout, b'"gateway"'))
@@ -44,6 +63,7 @@ async def test_devnet_serve_json_line_gives_a_working_gateway(node_modules: Node
         assert gateway["url"].startswith("http://127.0.0.1:")
         assert gateway["api_key"].startswith("sk-devnet-")
         assert await _chat(gateway["url"], gateway["api_key"], summary["providers"][0]["model"])
+        await _assert_metrics_apart(gateway["metrics_url"], gateway["url"])
         await stop(process, group=True)
         assert process.returncode == 0
     await assert_port_refuses(gateway["url"])
@@ -69,8 +89,9 @@ async def test_devnet_serve_prints_a_curl_line_and_snippet_that_work(node_module
 
 async def test_serve_reads_env_and_toml_and_never_logs_the_key(devnet: Devnet, tmp_path: Path) -> None:
     """``zg-router serve`` on the devnet: config from a TOML file and the environment, answers the SDK,
-    logs a line per request, and its logs hold neither the wallet key nor the API key."""
-    port = _free_port()
+    names its metrics URL (loopback, ``ZG_ROUTER_METRICS_PORT``), logs a line per request, and its logs
+    hold neither the wallet key nor the API key."""
+    port, metrics_port = _free_port(), _free_port()
     key_file = tmp_path / "wallet.key"
     key_file.write_text(dev_private_key(USER_KEY_INDEX) + "\n")
     config = tmp_path / "zg-router.toml"
@@ -83,6 +104,7 @@ async def test_serve_reads_env_and_toml_and_never_logs_the_key(devnet: Devnet, t
         "ZG_ROUTER_PRIVATE_KEY_FILE": str(key_file),
         "ZG_ROUTER_API_KEYS": API_KEY,
         "ZG_ROUTER_PORT": str(port),
+        "ZG_ROUTER_METRICS_PORT": str(metrics_port),
     }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("zg-router")),
@@ -95,9 +117,11 @@ async def test_serve_reads_env_and_toml_and_never_logs_the_key(devnet: Devnet, t
     )
     try:
         assert process.stderr is not None
-        await read_until(process.stderr, b"gateway listening")
+        listening = json.loads((await read_until(process.stderr, b"gateway listening")).splitlines()[-1])
         url = f"http://127.0.0.1:{port}/v1"
+        assert listening["metrics_url"] == f"http://127.0.0.1:{metrics_port}/metrics"
         assert await _chat(url, API_KEY, devnet.providers[0].spec.model)
+        await _assert_metrics_apart(listening["metrics_url"], url)
         logs = await stop(process, group=False)
     finally:
         if process.returncode is None:

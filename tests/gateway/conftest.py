@@ -81,7 +81,9 @@ def router_config(devnet: Devnet, private_key: str, **dispatch: Any) -> RouterCo
     return RouterConfig(
         network=devnet.network,
         private_key=private_key,
-        transport=TransportOptions(allow_private_targets=True, stream_idle_timeout=5.0),
+        transport=TransportOptions(
+            allow_private_targets=True, stream_idle_timeout=5.0, body_idle_timeout=5.0
+        ),
         discovery=DiscoveryOptions(event_poll_interval=0.2, probe_interval=0.1),
         health=HealthPolicy(cooldown=0.3, max_cooldown=1.0),
         dispatch=DispatchOptions(**{"request_timeout": 30.0, **dispatch}),
@@ -93,16 +95,18 @@ def router_config(devnet: Devnet, private_key: str, **dispatch: Any) -> RouterCo
 
 @pytest.fixture
 async def serve(gateway_devnet: Devnet) -> AsyncIterator[ServeFactory]:
-    """``await serve(**dispatch_options)``: a router and gateway for a new funded wallet.
+    """``await serve(**dispatch_options)``: a router and gateway for a new funded wallet (``health=`` a
+    HealthPolicy replaces the fast-cooling default).
 
     Every provider's faults are reset afterwards.
     """
     opened: list[tuple[Router, Gateway]] = []
     async with aiohttp.ClientSession() as http:
 
-        async def start(**dispatch: Any) -> Served:
+        async def start(health: HealthPolicy | None = None, **dispatch: Any) -> Served:
             wallet, key = await funded_wallet(gateway_devnet)
-            router = Router(router_config(gateway_devnet, key, **dispatch))
+            config = router_config(gateway_devnet, key, **dispatch)
+            router = Router(replace(config, health=health) if health is not None else config)
             await router.__aenter__()
             gateway = Gateway(router, GatewayConfig(port=0, api_keys=(API_KEY,), shutdown_timeout=0.5))
             await gateway.__aenter__()

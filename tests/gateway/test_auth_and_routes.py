@@ -273,28 +273,29 @@ class TestBodyLimit:
 
 class TestProviderRejections:
     async def test_provider_client_error_is_passed_through(self, serve: ServeFactory) -> None:
-        """A request the provider refuses as the client's fault returns the provider's status and body."""
+        """A request the provider refuses as the client's fault returns the provider's status and body
+        (token ids pass the gateway's checks; the simulated provider takes only strings)."""
         served = await serve()
-        before = await served.stats(4)
+        before = await served.stats(3)
         answer = await send(
             served,
             "POST",
-            "/v1/images/generations",
-            json={"model": "image-r", "prompt": "cats", "n": 11},
+            "/v1/embeddings",
+            json={"model": "embed-r", "input": [1, 2]},
             headers=served.auth(),
         )
         assert answer.status == 400
-        assert answer.json() == {"error": "invalid request body: n must be 1-10"}
+        assert answer.json() == {"error": "invalid request body: input must be a string or a list of strings"}
         assert answer.headers["x-zg-attempts"] == "1"
         assert HEX_ID.match(answer.headers["x-request-id"])
-        after = await served.stats(4)
+        after = await served.stats(3)
         assert after["refused"].get("400", 0) == before["refused"].get("400", 0) + 1
         # The provider did nothing wrong: it is not cooled down, and serves the next request at once.
         fine = await send(
             served,
             "POST",
-            "/v1/images/generations",
-            json={"model": "image-r", "prompt": "cats", "n": 1},
+            "/v1/embeddings",
+            json={"model": "embed-r", "input": "cats"},
             headers=served.auth(),
         )
         assert fine.status == 200

@@ -180,10 +180,11 @@ class TestErrors:
         assert caught.value.message == "model 'model-r' is not served on embeddings"
 
     async def test_provider_rejection_raises_upstream_rejected(self, serve: ServeFactory) -> None:
-        """A request the provider refuses as malformed raises UpstreamRejected with its status and body."""
+        """A request the provider refuses as malformed raises UpstreamRejected with its status and body
+        (token ids pass the router's checks; the simulated provider takes only strings)."""
         served = await serve()
         with pytest.raises(UpstreamRejected) as caught:
-            await served.router.embeddings(model="embed-r", input=[])
+            await served.router.embeddings(model="embed-r", input=[101, 102])
         assert caught.value.status == 400
         assert (
             caught.value.body

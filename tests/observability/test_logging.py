@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -45,9 +46,12 @@ def uncache_loggers() -> None:
 
 @contextmanager
 def restored_structlog() -> Iterator[None]:
-    """structlog's configuration as it was before, whatever was configured inside."""
+    """structlog's configuration as it was before, whatever was configured inside; and the root stdlib
+    logger's handlers and level, which ``configure_logging`` sets too."""
     saved = structlog.get_config()
     was_configured = structlog.is_configured()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         yield
     finally:
@@ -56,6 +60,9 @@ def restored_structlog() -> Iterator[None]:
             structlog.configure(**saved)
         uncache_loggers()
         structlog.contextvars.clear_contextvars()
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.fixture
@@ -312,6 +319,65 @@ class TestConfigureLogging:
         text = stream.getvalue()
         assert "odd values" in text
         assert API_KEY not in text, text
+
+
+LIBRARY_LOGGERS = ["aiohttp.server", "aiohttp.access", "aiohttp.client", "asyncio", "web3.manager", ""]
+
+
+class TestLibraryLoggers:
+    """stdlib loggers (the libraries': aiohttp's parser and access logs, asyncio, web3, the root) write
+    through the same processors as ours: same format, same redaction, one line a record."""
+
+    @pytest.mark.parametrize("name", LIBRARY_LOGGERS)
+    def test_a_record_is_one_redacted_json_line_naming_its_logger(
+        self, restore_structlog: None, name: str
+    ) -> None:
+        stream = io.StringIO()
+        configure_logging("info", format="json", stream=stream, secrets=[API_KEY])
+        with structlog.contextvars.bound_contextvars(request_id="req-9"):
+            logging.getLogger(name).warning("bad header:\n  b'Authorization: %s\\x00'\n  ^", API_KEY)
+        (line,) = json_lines(stream)
+        assert line["event"] == f"bad header:\n  b'Authorization: {REDACTED}\\x00'\n  ^"
+        assert line["logger"] == (name or "root")
+        assert line["level"] == "warning"
+        assert line["request_id"] == "req-9"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", line["timestamp"]), line
+        assert API_KEY not in stream.getvalue()
+
+    @pytest.mark.parametrize("format", ["json", "logfmt", "console"])
+    def test_a_traceback_is_redacted(self, restore_structlog: None, format: str) -> None:
+        stream = io.StringIO()
+        configure_logging("info", format=format, stream=stream, secrets=[KEY])
+        try:
+            fail(f"Bearer sk-anything-at-all and {KEY}")
+        except ValueError:
+            logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1")
+        text = stream.getvalue()
+        assert "Error handling request from 127.0.0.1" in text
+        assert "ValueError" in text
+        assert REDACTED in text
+        for secret in (KEY[2:], "sk-anything-at-all"):
+            assert secret not in text, text
+        if format != "console":
+            assert len(lines_of(stream)) == 1, text
+        if format == "json":
+            (line,) = json_lines(stream)
+            assert line["exception"].startswith("Traceback (most recent call last):")
+
+    def test_records_follow_the_configured_level(self, restore_structlog: None) -> None:
+        stream = io.StringIO()
+        configure_logging("warning", format="json", stream=stream)
+        logging.getLogger("web3.manager").info("hidden")
+        logging.getLogger("asyncio").error("shown")
+        assert [line["event"] for line in json_lines(stream)] == ["shown"]
+
+    def test_configuring_again_replaces_the_handler(self, restore_structlog: None) -> None:
+        first, second = io.StringIO(), io.StringIO()
+        configure_logging("info", format="json", stream=first)
+        configure_logging("info", format="json", stream=second)
+        logging.getLogger("aiohttp.server").warning("once")
+        assert first.getvalue() == ""
+        assert [line["event"] for line in json_lines(second)] == ["once"]
 
 
 def finished(**changes: Any) -> RequestFinished:

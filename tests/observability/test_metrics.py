@@ -380,11 +380,14 @@ async def test_in_flight_gauge_counts_a_pending_request(open_stack: Open) -> Non
     assert sample(text, "zg_router_provider_in_flight") == 0
 
 
-async def test_metrics_on_a_port_of_their_own(open_stack: Open) -> None:
-    """With ``metrics_port`` the metrics move to their own port; the main port has no /metrics (404)."""
-    s = await open_stack(gateway=default_gateway(metrics_port=0))
+async def test_metrics_are_on_a_loopback_port_of_their_own_by_default(open_stack: Open) -> None:
+    """By default the metrics (no key, balances and spend) listen on loopback on a port of their own (a
+    free one, as the API port is); the API port has no /metrics (404)."""
+    s = await open_stack(gateway=default_gateway())
     assert s.gateway.metrics_url is not None
-    assert urlsplit(s.gateway.metrics_url).port != urlsplit(s.gateway.url).port
+    metrics, api = urlsplit(s.gateway.metrics_url), urlsplit(s.gateway.url)
+    assert metrics.hostname == "127.0.0.1"
+    assert metrics.port != api.port
     raw = await s.chat("count me")
     assert raw.status_code == 200
     async with s.http.get(s.gateway.metrics_url) as response:
@@ -393,6 +396,15 @@ async def test_metrics_on_a_port_of_their_own(open_stack: Open) -> None:
         text = await response.text()
     assert sample(text, "zg_router_requests_total", model=MODEL, status="200") == 1
     await assert_no_metrics(s.http, s.gateway.url)
+
+
+async def test_metrics_share_the_api_port_only_when_asked(open_stack: Open) -> None:
+    """``metrics_on_api_port``: /metrics is served on the API port, and nothing listens elsewhere."""
+    s = await open_stack(gateway=default_gateway(metrics_on_api_port=True))
+    assert s.gateway.metrics_url == s.gateway.url + "/metrics"
+    async with asyncio.timeout(TIMEOUT), s.http.get(s.gateway.metrics_url) as response:
+        assert response.status == 200
+        assert "zg_router_build_info" in await response.text()
 
 
 async def test_metrics_off(open_stack: Open) -> None:
@@ -415,12 +427,27 @@ async def assert_no_metrics(http: aiohttp.ClientSession, url: str) -> None:
 def test_metrics_port_config_errors() -> None:
     with pytest.raises(ConfigError, match="metrics_port must differ from port"):
         GatewayConfig(port=9000, metrics_port=9000, api_keys=(API_KEY,))
+    with pytest.raises(ConfigError, match="metrics_port must differ from port"):
+        GatewayConfig(port=9464, api_keys=(API_KEY,))
     with pytest.raises(ConfigError, match="metrics = false"):
         GatewayConfig(port=0, metrics_port=9100, metrics=False, api_keys=(API_KEY,))
+    with pytest.raises(ConfigError, match="metrics = false"):
+        GatewayConfig(port=0, metrics_on_api_port=True, metrics=False, api_keys=(API_KEY,))
+    with pytest.raises(ConfigError, match="choose one"):
+        GatewayConfig(port=0, metrics_port=9100, metrics_on_api_port=True, api_keys=(API_KEY,))
     with pytest.raises(ConfigError, match="metrics_port must be 0-65535"):
         GatewayConfig(port=0, metrics_port=70000, api_keys=(API_KEY,))
     # Both on ephemeral ports is fine: they get different ones.
     assert GatewayConfig(port=0, metrics_port=0, api_keys=(API_KEY,)).metrics_port == 0
+
+
+def test_metrics_address_defaults_to_loopback_9464_or_a_free_port_beside_a_free_api_port() -> None:
+    assert GatewayConfig(api_keys=(API_KEY,)).metrics_address == ("127.0.0.1", 9464)
+    assert GatewayConfig(port=0, api_keys=(API_KEY,)).metrics_address == ("127.0.0.1", 0)
+    shown = GatewayConfig(metrics_host="0.0.0.0", metrics_port=9100, api_keys=(API_KEY,))  # noqa: S104
+    assert shown.metrics_address == ("0.0.0.0", 9100)  # noqa: S104
+    assert GatewayConfig(metrics_on_api_port=True, api_keys=(API_KEY,)).metrics_address is None
+    assert GatewayConfig(metrics=False, api_keys=(API_KEY,)).metrics_address is None
 
 
 async def test_rpc_errors_are_counted_by_endpoint(open_stack: Open, metrics_devnet: Devnet) -> None:

@@ -1,4 +1,5 @@
-"""What a provider's reply means: verdicts by status and broker message, error text, rate-limit resets."""
+"""What a provider's reply means: verdicts by status and broker message, error text, JSON bodies, rate-limit
+resets."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import json
 
 import pytest
 
-from router.policy.outcome import MAX_RESET_SECONDS, Verdict, classify, error_message, reset_seconds
+from router.policy.outcome import (
+    MAX_RESET_SECONDS,
+    Verdict,
+    classify,
+    error_message,
+    json_object,
+    reset_seconds,
+    says_json,
+)
 from router.pool.providers import ProviderKind
 
 CHAIN = ProviderKind.CHAIN
@@ -44,6 +53,12 @@ class TestClassify:
             pytest.param(200, b'{"id":"chatcmpl-1"}', CHAIN, Verdict.OK, id="200"),
             pytest.param(201, b"", STATIC, Verdict.OK, id="201-static"),
             pytest.param(204, b"", CHAIN, Verdict.OK, id="204"),
+            # Redirects are not followed: the provider is not where its entry says (or is hostile).
+            pytest.param(301, b"", CHAIN, Verdict.MISCONFIGURED, id="301"),
+            pytest.param(302, b"Found", CHAIN, Verdict.MISCONFIGURED, id="302"),
+            pytest.param(307, b"307: Temporary Redirect", CHAIN, Verdict.MISCONFIGURED, id="307"),
+            pytest.param(308, b"", STATIC, Verdict.MISCONFIGURED, id="308-static"),
+            pytest.param(304, b"", CHAIN, Verdict.MISCONFIGURED, id="304"),
             # Rate limits: both 429 shapes of §4.7, the per-IP limiter and the model-mismatch block.
             pytest.param(
                 429,
@@ -353,6 +368,47 @@ class TestErrorMessage:
     def test_raw_fallback_is_capped_at_500_bytes(self) -> None:
         """A long non-JSON body is cut to its first 500 bytes."""
         assert error_message(b"x" * 2000) == "x" * 500
+
+
+class TestJsonObject:
+    @pytest.mark.parametrize(
+        ("body", "parsed"),
+        [
+            pytest.param(
+                b'{"id":"chatcmpl-1","choices":[]}', {"id": "chatcmpl-1", "choices": []}, id="object"
+            ),
+            pytest.param(b" {}\n", {}, id="empty-object"),
+            pytest.param(b'{"id":"chatcmpl-1","choi', None, id="truncated"),
+            pytest.param(b"", None, id="empty"),
+            pytest.param(b"<html>busy</html>", None, id="html"),
+            pytest.param(b"[1, 2]", None, id="list"),
+            pytest.param(b'"text"', None, id="string"),
+            pytest.param(b"null", None, id="null"),
+            pytest.param(b"\xff\xfe", None, id="not-utf8"),
+            pytest.param(b"[" * 100_000 + b"]" * 100_000, None, id="nested-too-deeply"),
+        ],
+    )
+    def test_only_a_json_object_parses(self, body: bytes, parsed: dict[str, object] | None) -> None:
+        """A body is a reply document only when it is a whole JSON object; anything else is None."""
+        assert json_object(body) == parsed
+
+
+class TestSaysJson:
+    @pytest.mark.parametrize(
+        ("content_type", "json"),
+        [
+            ("application/json", True),
+            ("application/json; charset=utf-8", True),
+            (" Application/JSON ;charset=utf-8", True),
+            ("text/plain; charset=utf-8", False),
+            ("text/vtt", False),
+            ("application/jsonl", False),
+            ("", False),
+        ],
+    )
+    def test_content_types(self, content_type: str, json: bool) -> None:
+        """Only application/json, whatever its case and parameters, says the body is JSON."""
+        assert says_json(content_type) is json
 
 
 class TestResetSeconds:

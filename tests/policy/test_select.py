@@ -8,10 +8,17 @@ from typing import Any
 
 import pytest
 
-from router.policy.select import NO_PREFERENCES, Strategy, eligible, rank, retry_candidates
+from router.policy.select import (
+    NO_PREFERENCES,
+    Strategy,
+    eligible,
+    over_ejection_cap,
+    rank,
+    retry_candidates,
+)
 from router.pool.health import Health
 from router.pool.limits import Gate, ProviderLimits
-from router.pool.providers import ProviderInfo, ProviderKind, ProviderState
+from router.pool.providers import Exclusion, ProviderInfo, ProviderKind, ProviderState
 from router.pool.trust import Outcome
 from tests.policy.support import headers, parse
 from tests.support import FakeClock
@@ -151,6 +158,79 @@ class TestRetryCandidates:
     ) -> None:
         everyone = set(ids(trio))
         assert ids(retry_candidates(trio, everyone, everyone)) == ids(trio)
+
+
+def on_one_clock(clock: FakeClock, *cooldowns: float | None) -> list[ProviderState]:
+    """Providers p0, p1, ... sharing ``clock``; each given a cooldown has its breaker open that long."""
+    states = []
+    for index, cooldown in enumerate(cooldowns):
+        state = provider(f"p{index}")
+        state.health = Health(clock=clock)
+        if cooldown is not None:
+            state.health.cool_down(cooldown)
+        states.append(state)
+    return states
+
+
+class TestEjectionCap:
+    """``over_ejection_cap``: which breaker-ejected providers to let back so that breakers eject at most
+    the given share of a model's providers."""
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.mark.parametrize("cooldowns", [(None,) * 4, (5.0, None, None, None), (5.0, 6.0, None, None)])
+    def test_within_the_cap_nothing_is_reprieved(
+        self, clock: FakeClock, cooldowns: tuple[float | None, ...]
+    ) -> None:
+        assert ids(list(over_ejection_cap(on_one_clock(clock, *cooldowns), clock(), 50.0))) == []
+
+    @pytest.mark.parametrize(("percent", "expected"), [(50.0, ["p1"]), (25.0, ["p1", "p2"])])
+    def test_past_the_cap_the_breakers_reopening_soonest_are_reprieved(
+        self, clock: FakeClock, percent: float, expected: list[str]
+    ) -> None:
+        """Three of four open: a 50 % cap leaves two ejected, a 25 % cap one; the soonest go back."""
+        states = on_one_clock(clock, 9.0, 3.0, 6.0, None)
+        assert ids(list(over_ejection_cap(states, clock(), percent))) == expected
+
+    def test_equal_reopenings_go_to_the_lower_error_rate(self, clock: FakeClock) -> None:
+        states = on_one_clock(clock, 5.0, 5.0)
+        states[0].health.record_failure()
+        assert ids(list(over_ejection_cap(states, clock(), 50.0))) == ["p1"]
+
+    def test_a_lone_provider_is_never_ejected_by_its_breaker_below_100_percent(
+        self, clock: FakeClock
+    ) -> None:
+        states = on_one_clock(clock, 5.0)
+        assert ids(list(over_ejection_cap(states, clock(), 99.0))) == ["p0"]
+        assert ids(list(over_ejection_cap(states, clock(), 100.0))) == []
+
+    def test_a_cap_of_0_reprieves_every_open_breaker(self, clock: FakeClock) -> None:
+        states = on_one_clock(clock, 7.0, None, 2.0)
+        assert ids(list(over_ejection_cap(states, clock(), 0.0))) == ["p2", "p0"]
+
+    def test_a_probe_out_counts_as_ejected_but_is_not_reprieved(self, clock: FakeClock) -> None:
+        """p0 is half-open with its one probe out: ejected for now, yet nothing to reprieve; p1 goes."""
+        states = on_one_clock(clock, 1.0, 5.0)
+        clock.now += 1.0
+        states[0].health.begin()
+        assert ids(list(over_ejection_cap(states, clock(), 50.0))) == ["p1"]
+
+    def test_excluded_providers_count_neither_way(self, clock: FakeClock) -> None:
+        """p0 and p1 are unfunded: of the other two, one may be ejected. With both open, p3 goes back,
+        not p0, whose breaker reopens sooner but whose exclusion would keep it out anyway."""
+        states = on_one_clock(clock, 1.0, 1.0, 5.0, None)
+        for state in states[:2]:
+            state.exclude(Exclusion.UNFUNDED, clock() + 60.0)
+        assert ids(list(over_ejection_cap(states, clock(), 50.0))) == []
+        states[3].health.cool_down(4.0)
+        assert ids(list(over_ejection_cap(states, clock(), 50.0))) == ["p3"]
+
+    def test_a_lapsed_exclusion_counts_again(self, clock: FakeClock) -> None:
+        states = on_one_clock(clock, 5.0, 5.0)
+        states[0].exclude(Exclusion.MISCONFIGURED, clock() - 1.0)
+        assert ids(list(over_ejection_cap(states, clock(), 50.0))) == ["p0"]
 
 
 class TestRankDeterministic:

@@ -1,15 +1,16 @@
-"""Provider URLs from the untrusted registry: which are accepted, and the resolver that drops private IPs."""
+"""Provider URLs from the untrusted registry: which are accepted, and the socket factory that refuses
+connections to non-public addresses."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import AsyncIterator
+import socket
 
 import pytest
 
 from router.errors import ProviderError, UnsafeProviderUrl
-from router.transport.guard import GuardedResolver, check_provider_url, is_non_public
+from router.transport.guard import check_provider_url, guarded_socket, is_non_public
 
 
 class TestCheckProviderUrl:
@@ -23,7 +24,7 @@ class TestCheckProviderUrl:
             ("  https://8.8.8.8/  ", "https://8.8.8.8"),
             ("HTTPS://8.8.8.8", "HTTPS://8.8.8.8"),
             ("http://[2001:4860:4860::8888]:443/v1", "http://[2001:4860:4860::8888]:443/v1"),
-            # A host name is checked when it is resolved (GuardedResolver), not here.
+            # A host name is checked at connect time (guarded_socket), not here.
             ("http://localhost:8080", "http://localhost:8080"),
         ],
     )
@@ -129,29 +130,40 @@ class TestIsNonPublic:
         assert is_non_public(ipaddress.ip_address(address)) is non_public
 
 
-@pytest.fixture
-async def resolver() -> AsyncIterator[GuardedResolver]:
-    guarded = GuardedResolver()
-    yield guarded
-    await guarded.close()
-
-
-class TestGuardedResolver:
-    @pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
-    async def test_refuses_names_resolving_only_to_non_public_addresses(
-        self, resolver: GuardedResolver, host: str
+class TestGuardedSocket:
+    @pytest.mark.parametrize(
+        ("family", "sockaddr"),
+        [
+            (socket.AF_INET, ("127.0.0.1", 80)),
+            (socket.AF_INET, ("10.0.0.1", 443)),
+            (socket.AF_INET, ("169.254.169.254", 80)),
+            (socket.AF_INET6, ("::1", 80, 0, 0)),
+            (socket.AF_INET6, ("::ffff:127.0.0.1", 80, 0, 0)),
+            (socket.AF_INET6, ("fe80::1%1", 80, 0, 1)),
+        ],
+    )
+    def test_refuses_a_non_public_address(
+        self, family: socket.AddressFamily, sockaddr: tuple[object]
     ) -> None:
-        """A name resolving only to loopback (real lookup via /etc/hosts, no network) is an OSError."""
-        with pytest.raises(OSError, match=f"^{re.escape(host)} resolves only to non-public addresses$"):
-            await resolver.resolve(host, 80)
+        """A connection to a non-public address fails before its socket exists."""
+        with pytest.raises(OSError, match=f"^{re.escape(str(sockaddr[0]))} is not a public address$"):
+            guarded_socket((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
 
-    async def test_passes_public_addresses_through(self, resolver: GuardedResolver) -> None:
-        """A public literal resolves to itself with the port asked for (no DNS query needed)."""
-        results = await resolver.resolve("8.8.8.8", 443)
-        assert [(r["host"], r["port"]) for r in results] == [("8.8.8.8", 443)]
+    def test_refuses_what_is_not_an_address(self) -> None:
+        """Anything that does not parse as an IP address is refused rather than guessed at."""
+        with pytest.raises(OSError, match=r"^localhost is not a public address$"):
+            guarded_socket((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("localhost", 80)))
 
-    async def test_close_can_be_called_twice(self) -> None:
-        """Closing releases the inner resolver and is harmless when repeated."""
-        guarded = GuardedResolver()
-        await guarded.close()
-        await guarded.close()
+    @pytest.mark.parametrize(
+        ("family", "sockaddr"),
+        [(socket.AF_INET, ("8.8.8.8", 443)), (socket.AF_INET6, ("2001:4860:4860::8888", 443, 0, 0))],
+    )
+    def test_a_public_address_gets_a_fresh_unconnected_socket(
+        self, family: socket.AddressFamily, sockaddr: tuple[object]
+    ) -> None:
+        """A public address gets a new TCP socket of its family; nothing is connected (no traffic)."""
+        sock = guarded_socket((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
+        with sock:
+            assert (sock.family, sock.type) == (family, socket.SOCK_STREAM)
+            with pytest.raises(OSError, match="not connected"):
+                sock.getpeername()

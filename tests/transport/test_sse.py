@@ -1,4 +1,5 @@
-"""Server-sent events: framing a byte stream into whole events, the [DONE] marker, usage and error events."""
+"""Server-sent events: framing a byte stream into whole events, the [DONE] marker, usage (and malformed
+events) and error events."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from itertools import combinations
 
 import pytest
 
-from router.transport.sse import DONE, SSEFramer, error_event, is_done, usage_of
+from router.transport.sse import DONE, MalformedEvent, SSEFramer, error_event, is_done, usage_of
 
 CHUNK = b'data: {"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content":"Hel"}}],"usage":null}\n\n'
 USAGE = (
@@ -143,15 +144,40 @@ class TestUsageOf:
             pytest.param(b'data: {"choices":[],"usage":{}}\n\n', None, id="usage-empty"),
             pytest.param(b'data: {"choices":[]}\n\n', None, id="no-usage"),
             pytest.param(b'data: {"usage":[1,2]}\n\n', None, id="usage-list"),
-            pytest.param(b'data: {"usage": {"total_tokens": \n\n', None, id="bad-json"),
-            pytest.param(b'data: ["usage"]\n\n', None, id="json-list"),
             pytest.param(b': "usage" in a comment\n\n', None, id="comment"),
+            pytest.param(b"\n\n", None, id="blank"),
+            pytest.param(b"event: ping\n\n", None, id="no-data"),
             pytest.param(DONE, None, id="done"),
+            pytest.param(b"data:[DONE]\n\n", None, id="done-no-space"),
+            pytest.param(
+                b'data: {"usage":\ndata: {"total_tokens":1}}\n\n', {"total_tokens": 1}, id="two-data-lines"
+            ),
         ],
     )
     def test_usage_of_one_event(self, event: bytes, usage: dict[str, int] | None) -> None:
-        """Only a chunk whose ``usage`` is a non-empty object carries usage."""
+        """Only a chunk whose ``usage`` is a non-empty object carries usage; the values of several
+        ``data:`` lines are one piece of data, joined by a newline (the SSE rule)."""
         assert usage_of(event) == usage
+
+    @pytest.mark.parametrize(
+        ("event", "reason"),
+        [
+            pytest.param(b'data: {"usage": {"total_tokens": \n\n', "its data is not JSON", id="truncated"),
+            pytest.param(b"data: {not json\n\n", "its data is not JSON", id="not-json"),
+            pytest.param(b"data: \xff\xfe\n\n", "its data is not JSON", id="not-utf8"),
+            pytest.param(b"data: \n\n", "its data is not JSON", id="empty-data"),
+            pytest.param(b'data: ["usage"]\n\n', "its data is not a JSON object", id="json-list"),
+            pytest.param(b"data: 42\n\n", "its data is not a JSON object", id="json-number"),
+            pytest.param(
+                b"data: " + b"[" * 100_000 + b"\n\n", "its data is not JSON", id="nested-too-deeply"
+            ),
+            pytest.param(b'data: {"a":1}\ndata: {"b":2}\n\n', "its data is not JSON", id="two-objects"),
+        ],
+    )
+    def test_data_that_is_not_a_json_object_is_malformed(self, event: bytes, reason: str) -> None:
+        """An event whose data is anything but a JSON object raises MalformedEvent, saying which."""
+        with pytest.raises(MalformedEvent, match=f"^{reason}$"):
+            usage_of(event)
 
     def test_the_final_usage_chunk_of_a_stream_wins(self) -> None:
         """In a stream whose chunks carry ``"usage":null`` but the last, only the final usage is found."""

@@ -34,7 +34,7 @@ from router.pool.trust import Outcome, TrustState
 from router.replies import Endpoint, Slot, StreamReply, verdict_comment
 from router.server.app import Gateway
 from router.transport.http import TransportOptions
-from router.transport.sse import DONE
+from router.transport.sse import DONE, usage_of
 from router.verify.check import Finding
 from router.verify.verifier import VerifyOptions
 from tests.support import EventLog, funded_wallet
@@ -55,10 +55,11 @@ def comment(outcome: str) -> bytes:
 
 
 class FakeUpstream:
-    """What StreamReply needs of a provider's reply: its headers, and ``close``."""
+    """What StreamReply needs of a provider's reply: its headers, its events' usage, and ``close``."""
 
     def __init__(self) -> None:
         self.headers = {"ZG-Res-Key": "chat-1"}
+        self.usage: dict[str, Any] | None = None
         self.closed = 0
 
     def close(self) -> None:
@@ -89,8 +90,12 @@ class Scripted:
             return [event async for event in self.reply.events()]
 
 
-async def upstream_events(events: Sequence[bytes], *, then_break: bool) -> AsyncIterator[bytes]:
+async def upstream_events(
+    upstream: FakeUpstream, events: Sequence[bytes], *, then_break: bool
+) -> AsyncIterator[bytes]:
+    """``events``, keeping their usage on ``upstream`` as ``Upstream.events`` does."""
     for event in events:
+        upstream.usage = usage_of(event) or upstream.usage
         yield event
     if then_break:
         raise ProviderUnreachable("0xprovider", "connection reset")
@@ -138,7 +143,7 @@ def scripted(
         state,
         slot,
         upstream,  # type: ignore[arg-type]
-        upstream_events(events[1:], then_break=then_break),
+        upstream_events(upstream, events[1:], then_break=then_break),
         events[0],
         attempts=1,
         ttft=0.1,

@@ -115,7 +115,11 @@ async def launch(gateway_devnet: Devnet) -> AsyncIterator[Launch]:
             events = EventLog()
             router = await stack.enter_async_context(Router(config, observers=[events]))
             gateway_config = GatewayConfig(
-                port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,), shutdown_timeout=0.5
+                port=0,
+                api_keys=(API_KEY,),
+                admin_keys=(ADMIN_KEY,),
+                shutdown_timeout=0.5,
+                metrics_on_api_port=True,
             )
             gateway = await stack.enter_async_context(Gateway(router, gateway_config))
             client = await stack.enter_async_context(

@@ -278,6 +278,9 @@ class ProviderSimulator:
 
     async def _produce_chat(self, call: _Call) -> web.StreamResponse:
         payload = call.payload
+        if (refusal := synth.rejection(payload)) is not None:
+            # The model server's own 400, unbilled; the broker passes it through (protocol.md §4.2).
+            return self._refuse(400, refusal)
         prepared = {**payload, "model": self.spec.model}
         if payload.get("stream"):
             prepared["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}

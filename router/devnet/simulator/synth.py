@@ -71,8 +71,48 @@ class Completion:
         }
 
 
+def rejection(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The model server's 400 body for a chat request with a field of the wrong type, or None.
+
+    Like vLLM, the model server checks the fields it reads before it generates anything; the broker passes
+    its 400 through (protocol.md §4.2, step 17). Only what ``complete`` reads is checked.
+    """
+    problem = _chat_problem(request)
+    if problem is None:
+        return None
+    param, message = problem
+    return {"error": {"message": message, "type": "BadRequestError", "param": param, "code": 400}}
+
+
+_KINDS: tuple[tuple[str, type, str], ...] = (
+    ("stream", bool, "a boolean"),
+    ("stream_options", dict, "an object"),
+    ("response_format", dict, "an object"),
+    ("tools", list, "a list"),
+)
+
+
+def _chat_problem(request: dict[str, Any]) -> tuple[str, str] | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = request.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return name, f"{name} must be an integer of at least 1, got {type(value).__name__}"
+    for name, kind, shape in _KINDS:
+        value = request.get(name)
+        if value is not None and not isinstance(value, kind):
+            return name, f"{name} must be {shape}, got {type(value).__name__}"
+    for index, message in enumerate(request["messages"]):
+        if not isinstance(message, dict):
+            return f"messages.{index}", "a message must be an object"
+    for index, tool in enumerate(request.get("tools") or ()):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return f"tools.{index}", "a tool must be an object whose function has a name"
+    return None
+
+
 def complete(request: dict[str, Any]) -> Completion:
-    """The completion for a chat request (already validated to carry a ``messages`` list)."""
+    """The completion for a chat request that ``rejection`` accepts."""
     seed = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).digest()
     rng = random.Random(seed)  # noqa: S311 - reproducible filler text, not cryptography
     wanted = request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_COMPLETION_TOKENS
