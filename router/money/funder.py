@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from router.chain.client import ChainClient
 from router.config import MoneyOptions
-from router.errors import ChainError, ContractRevert, FundingError
+from router.errors import ChainError, ContractRevert, FundingError, InvalidRequest, clipped
 from router.money.balances import END_OF_BLOCK
 from router.observability.events import Funded, FundingFailed, Observer
 from router.pool.accounting import MINIMUM_LOCKED, Accounts, FundingState, SubAccount
@@ -101,8 +101,31 @@ class Funder:
             return options.fund_to_neuron - account.available
         return 0 if not account.acknowledged else None
 
+    def known(self, provider: str) -> bool:
+        """A chain provider of the pool, or one we hold a sub-account at: the only ones money moves to or
+        from (anything else would send a real transaction and leave a phantom account behind)."""
+        state = self._pool.get(provider)
+        if state is not None and state.info.kind is ProviderKind.CHAIN:
+            return True
+        account = self._accounts.get(provider)
+        return account is not None and account.exists
+
+    def _refuse_unknown(self, providers: Sequence[str], param: str) -> None:
+        unknown = [p for p in providers if not self.known(p)]
+        if unknown:
+            names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise InvalidRequest(
+                f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
+                status=404,
+                code="provider_not_found",
+                param=param,
+            )
+
     async def fund(self, provider: str, amount: int) -> TxResult:
-        """An operator's transfer of ``amount`` neuron to ``provider`` (ends a drain); raises on failure."""
+        """An operator's transfer of ``amount`` neuron to ``provider`` (ends a drain); raises on failure,
+        ``InvalidRequest`` (404) for a provider that is not ``known``."""
+        self._refuse_unknown([provider], "provider")
         async with self._lock(provider):
             account = self._accounts.of(provider)
             if account.funding is FundingState.DRAINING:
@@ -114,7 +137,9 @@ class Funder:
 
         A queued refund takes the provider's whole balance out of service at once (protocol.md §7.2).
         Marked first, so no top-up starts; a top-up already under way lands before the refund is asked.
+        Nothing is sent when any of ``providers`` is not ``known`` (``InvalidRequest``, 404).
         """
+        self._refuse_unknown(providers, "providers")
         for provider in providers:
             account = self._accounts.of(provider)
             account.funding, account.funding_detail = FundingState.DRAINING, "refund requested"
@@ -199,8 +224,8 @@ class Funder:
         # Enough to open the account, or to bring an existing one back to serving, is worth sending.
         needed = MIN_TRANSFER if not account.exists else max(1, -account.available)
         message = (
-            f"the ledger has {ledger / NEURON_PER_0G:.6f} 0G available, short of the "
-            f"{amount / NEURON_PER_0G:.6f} 0G top-up; deposit more to the ledger"
+            f"the ledger has {zero_g(ledger)} 0G available, short of the "
+            f"{zero_g(amount)} 0G top-up; deposit more to the ledger"
         )
         if ledger < needed:
             self._failed(account, FundingState.LEDGER_LOW, message)
@@ -253,10 +278,18 @@ def _revert_message(exc: ContractRevert) -> str:
     if exc.name == "InsufficientAvailableBalance" and len(exc.error_args) == 2:
         available, required = (int(str(a)) for a in exc.error_args)
         return (
-            f"the ledger has {available / NEURON_PER_0G:.6f} 0G available, short of the "
-            f"{required / NEURON_PER_0G:.6f} 0G transfer; deposit more to the ledger"
+            f"the ledger has {zero_g(available)} 0G available, short of the "
+            f"{zero_g(required)} 0G transfer; deposit more to the ledger"
         )
     return str(exc)
+
+
+def zero_g(neuron: int) -> str:
+    """``neuron`` in 0G, exactly (a float would round a large amount): at least 6 decimals, more only
+    when the amount has them."""
+    whole, part = divmod(neuron, NEURON_PER_0G)
+    decimals = f"{part:018d}".rstrip("0").ljust(6, "0")
+    return f"{whole}.{decimals}"
 
 
 def _state_of(exc: ContractRevert) -> FundingState:

@@ -7,6 +7,9 @@ simply retried, from the same block, with a growing back-off while the RPC is do
 late log never overwrites a newer view. Before each pass the hash of the last applied block is checked;
 if the chain reorganised under it, the cursor steps back and the balances are re-read.
 
+Every pass that reads the chain reports ``WatcherProgress`` (its last applied block and the head), new logs
+or not; a failing streak reports one ``BackgroundError``. The metrics' watcher gauges are built on those.
+
 A settlement's ``FundSpent`` names no provider, so it is paired with the ``BalanceUpdated`` of the same
 transaction (protocol.md §6.6).
 """
@@ -102,6 +105,9 @@ class SettlementWatcher:
                 return False
         safe = head - self._confirmations
         if safe < self.cursor:
+            # Reported even with nothing new: every pass that read the chain says the watcher is alive,
+            # which is what tells a dashboard an RPC outage is over.
+            self._emit(WatcherProgress(self.cursor - 1, head))
             return True
         to_block = min(safe, self.cursor + MAX_RANGE - 1)
         to_hash = await chain.block_hash(to_block)

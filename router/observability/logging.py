@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from router.errors import ConfigError
+from router.errors import ConfigError, clipped
 from router.observability.events import (
     AttemptFailed,
     BackgroundError,
@@ -184,7 +184,8 @@ class LogObserver:
                 "request",
                 request_id=event.request_id,
                 endpoint=event.endpoint,
-                model=event.model,
+                # The model name is the client's: a 300 KB one must not make a 300 KB log line.
+                model=clipped(event.model, quote=False),
                 status=event.status,
                 provider=event.provider,
                 attempts=event.attempts,

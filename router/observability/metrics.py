@@ -12,14 +12,13 @@ rest are fixed sets. Keys, users, request ids and free text never become labels.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from router.chain.rpc import redact_url
 from router.observability.events import (
     BACKGROUND_TASKS,
     AttemptFailed,
@@ -49,6 +48,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Failures before the first byte: each one moves the request to another attempt while its budget lasts.
 FAILOVER_REASONS = tuple(v.value for v in Verdict if v not in (Verdict.OK, Verdict.CLIENT_ERROR))
 FUNDING_FAILURES = ("ledger_low", "provider_cap", "failed")
+WATCHER_TASK = "settlement-watcher"
 
 
 class Metrics:
@@ -126,11 +126,19 @@ class Metrics:
         self.watcher_block = Gauge(
             PREFIX + "watcher_block", "Last block the settlement watcher applied.", registry=registry
         )
-        self.watcher_lag = Gauge(
+        self._watcher = watcher = _WatcherLag(router.now)
+        Gauge(
             PREFIX + "watcher_lag_blocks",
-            "Blocks between the chain head and the watcher's last applied block.",
+            "Blocks between the chain head and the watcher's last applied block; while the watcher cannot "
+            "read the chain, estimated from the head's observed pace since its last pass.",
             registry=registry,
-        )
+        ).set_function(watcher.blocks)
+        Gauge(
+            PREFIX + "watcher_stalled_seconds",
+            "Seconds since the watcher's last pass while its passes fail (an RPC outage); 0 while they "
+            "succeed.",
+            registry=registry,
+        ).set_function(watcher.stalled)
         Gauge(
             PREFIX + "build_info", "The running zg-router version.", ("version",), registry=registry
         ).labels(_version()).set(1)
@@ -142,6 +150,8 @@ class Metrics:
         for task in BACKGROUND_TASKS:
             self.background_errors.labels(task)
         if router.config.network is not None:
+            from router.chain.rpc import redact_url  # web3's side: loaded only with a network
+
             for url in router.config.network.rpc_urls:
                 self.rpc_errors.labels(redact_url(url))
         self.settlement_rejections.inc(0)
@@ -157,7 +167,7 @@ class Metrics:
                 self.failovers.labels(event.verdict).inc()
         elif isinstance(event, WatcherProgress):
             self.watcher_block.set(event.block)
-            self.watcher_lag.set(max(0, event.head - event.block))
+            self._watcher.progress(event.block, event.head)
         elif isinstance(event, RpcFailed):
             self.rpc_errors.labels(event.endpoint).inc()
         elif isinstance(event, Funded):
@@ -172,6 +182,8 @@ class Metrics:
             self.settlement_rejections.inc()
         elif isinstance(event, BackgroundError):
             self.background_errors.labels(event.task).inc()
+            if event.task == WATCHER_TASK:
+                self._watcher.failed()
         elif isinstance(event, Verified):
             self.verifications.labels(event.provider, event.outcome).inc()
 
@@ -221,6 +233,51 @@ class _ProviderSeries:
     def __init__(self, metrics: Metrics, provider: str) -> None:
         self.ok = metrics.attempts.labels(provider, "ok")
         self.cost = metrics.cost.labels(provider)
+
+
+class _WatcherLag:
+    """The watcher's lag as a dashboard should read it, also while the RPC is down.
+
+    Each pass reports the head and the last applied block: the lag is their difference, exact. When a pass
+    fails no head can be read, yet the chain goes on: from then until the next pass the lag is the last
+    one plus the blocks the chain makes meanwhile at the pace the watcher saw (first head to last head
+    over the time between), so it rises through an outage instead of freezing. ``stalled`` is the
+    measured side: seconds since the last pass, while failing.
+    """
+
+    __slots__ = ("_clock", "_failing", "_first", "_lag", "_last")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lag = 0
+        self._first: tuple[float, int] | None = None
+        self._last: tuple[float, int] | None = None
+        self._failing = False
+
+    def progress(self, block: int, head: int) -> None:
+        now = self._clock()
+        self._lag = max(0, head - block)
+        self._last = (now, head)
+        if self._first is None:
+            self._first = self._last
+        self._failing = False
+
+    def failed(self) -> None:
+        self._failing = True
+
+    def stalled(self) -> float:
+        if not self._failing or self._last is None:
+            return 0.0
+        return max(0.0, self._clock() - self._last[0])
+
+    def blocks(self) -> float:
+        if not self._failing or self._first is None or self._last is None:
+            return self._lag
+        (first_at, first_head), (last_at, last_head) = self._first, self._last
+        if last_at <= first_at:
+            return self._lag
+        pace = (last_head - first_head) / (last_at - first_at)
+        return self._lag + int(pace * self.stalled())
 
 
 _REQUEST = ("endpoint", "model", "status")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 import structlog
@@ -30,6 +29,7 @@ from router.errors import (
     FundingError,
     RequestFailed,
     RouterError,
+    clipped,
 )
 from router.server.wire import bearer_matches, error_json
 from router.types import NEURON_PER_0G, TxResult
@@ -38,7 +38,9 @@ _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _MAX_BODY = 64 * 1024
 # More 0G than exists: anything above is a typo, and never a uint256 surprise for the chain layer.
 MAX_AMOUNT_0G = 10**12
-_NEURON_STEP = Decimal(1).scaleb(-18)
+_MAX_WHOLE_DIGITS = len(str(MAX_AMOUNT_0G))
+# [0-9], not \d: Python's \d takes any Unicode digit ("١٢"), and int() would read it.
+_AMOUNT = re.compile(r"(?P<whole>[0-9]+)(?:\.(?P<decimals>[0-9]{1,18}))?")
 
 _log = structlog.get_logger("router.admin")
 
@@ -67,7 +69,7 @@ def add_admin_routes(
             try:
                 return await handler(request, request.app[router_key])
             except _BadInput as exc:
-                return _error(400, str(exc), "invalid_request_error", "invalid_admin_request")
+                return _error(400, str(exc), "invalid_request_error", "invalid_admin_request", exc.param)
             except FundingError as exc:
                 return _error(409, str(exc), "funding_error", exc.reason)
             except ContractRevert as exc:
@@ -75,7 +77,8 @@ def add_admin_routes(
             except ConfigError as exc:
                 return _error(409, str(exc), "invalid_request_error", "no_wallet")
             except RequestFailed as exc:
-                return _error(exc.status, exc.message, exc.type, exc.code or "invalid_admin_request")
+                code = exc.code or "invalid_admin_request"
+                return _error(exc.status, exc.message, exc.type, code, exc.param)
             except ChainUnavailable as exc:
                 return _error(503, str(exc), "chain_unavailable", "chain_unavailable")
             except (ChainError, RouterError) as exc:
@@ -95,7 +98,9 @@ def add_admin_routes(
 
 
 class _BadInput(Exception):
-    pass
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 async def _balance(request: web.Request, router: Router) -> web.Response:
@@ -110,7 +115,7 @@ async def _fund(request: web.Request, router: Router) -> web.Response:
     body = await _json_body(request)
     provider = body.get("provider")
     if not isinstance(provider, str) or not _ADDRESS.match(provider):
-        raise _BadInput("`provider` must be a provider address (0x and 40 hex digits)")
+        raise _BadInput("`provider` must be a provider address (0x and 40 hex digits)", "provider")
     amount = parse_amount(body.get("amount"))
     result = await router.fund(provider, amount)
     return web.json_response({"provider": provider, "amount": str(amount), **_tx(result)})
@@ -124,7 +129,7 @@ async def _refund(request: web.Request, router: Router) -> web.Response:
         or not providers
         or not all(isinstance(p, str) and _ADDRESS.match(p) for p in providers)
     ):
-        raise _BadInput("`providers` must be a non-empty list of provider addresses")
+        raise _BadInput("`providers` must be a non-empty list of provider addresses", "providers")
     results = await router.refund(providers)
     return web.json_response({"transactions": [_tx(r) for r in results]})
 
@@ -144,18 +149,28 @@ async def _verify(request: web.Request, router: Router) -> web.Response:
 
 
 def parse_amount(raw: object) -> int:
-    """An amount of 0G (a decimal string or number, up to 18 decimals) in neuron; must be positive."""
+    """An amount of 0G in neuron: a plain decimal of ASCII digits with at most 18 decimals ("1.5"), as a
+    string or a JSON number that reads the same way (``1``, ``0.25``; not ``1e-7``), positive and under
+    ``MAX_AMOUNT_0G``. Exact: no float or decimal context ever rounds it."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise _BadInput('`amount` must be an amount of 0G, such as "1.5"')
-    try:
-        value = Decimal(str(raw))
-    except ArithmeticError:
-        raise _BadInput(f"`amount` is not a number: {str(raw)[:40]!r}") from None
-    if value.is_finite() and value >= MAX_AMOUNT_0G:
-        raise _BadInput(f"`amount` must be less than {MAX_AMOUNT_0G} 0G")
-    if not value.is_finite() or value <= 0 or value != value.quantize(_NEURON_STEP, rounding=ROUND_DOWN):
-        raise _BadInput("`amount` must be positive, with at most 18 decimals")
-    return int(value * NEURON_PER_0G)
+        raise _BadInput('`amount` must be an amount of 0G, such as "1.5"', "amount")
+    text = raw if isinstance(raw, str) else repr(raw)
+    match = _AMOUNT.fullmatch(text)
+    if match is None:
+        raise _BadInput(
+            "`amount` must be a plain decimal number of 0G (ASCII digits, at most 18 decimals, no sign, "
+            f'exponent or separators), such as "1.5"; got {clipped(text, 40)}',
+            "amount",
+        )
+    whole, decimals = match["whole"].lstrip("0"), match["decimals"] or ""
+    if len(whole) > _MAX_WHOLE_DIGITS:
+        raise _BadInput(f"`amount` must be less than {MAX_AMOUNT_0G:,} 0G", "amount")
+    neuron = int(whole or "0") * NEURON_PER_0G + int(decimals.ljust(18, "0"))
+    if neuron >= MAX_AMOUNT_0G * NEURON_PER_0G:
+        raise _BadInput(f"`amount` must be less than {MAX_AMOUNT_0G:,} 0G", "amount")
+    if neuron == 0:
+        raise _BadInput("`amount` must be positive", "amount")
+    return neuron
 
 
 async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
@@ -177,5 +192,5 @@ def _tx(result: TxResult) -> dict[str, Any]:
     return {"tx_hash": result.tx_hash, "block": result.block_number}
 
 
-def _error(status: int, message: str, kind: str, code: str) -> web.Response:
-    return error_json(status, message, kind, code=code)
+def _error(status: int, message: str, kind: str, code: str, param: str | None = None) -> web.Response:
+    return error_json(status, message, kind, code=code, param=param)

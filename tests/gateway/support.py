@@ -16,6 +16,7 @@ import aiohttp
 import openai
 from multidict import CIMultiDictProxy
 
+from tests.conftest import watch_text
 from tests.gateway.conftest import API_KEY, Served
 
 TIMEOUT = 30.0
@@ -48,6 +49,7 @@ async def send(served: Served, method: str, path: str, *, url: str | None = None
     ):
         text = await response.text()
     assert "Traceback" not in text, text
+    watch_text(f"{text} {dict(response.headers)!r}", f"the response to {method} {path[:80]}")
     return Answer(response.status, response.headers, text)
 
 

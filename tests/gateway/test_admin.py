@@ -34,7 +34,17 @@ ROUTES = (
 TX_HASH = re.compile(r"^0x[0-9a-f]{64}$")
 NOT_AN_OBJECT = "the request body must be a JSON object"
 BAD_PROVIDER = "`provider` must be a provider address (0x and 40 hex digits)"
-BAD_AMOUNT = "`amount` must be positive, with at most 18 decimals"
+POSITIVE = "`amount` must be positive"
+UNDER_CAP = "`amount` must be less than 1,000,000,000,000 0G"
+
+
+def not_plain(shown: str) -> str:
+    return (
+        "`amount` must be a plain decimal number of 0G (ASCII digits, at most 18 decimals, no sign, "
+        f'exponent or separators), such as "1.5"; got {shown}'
+    )
+
+
 NOT_AN_AMOUNT = '`amount` must be an amount of 0G, such as "1.5"'
 BAD_PROVIDERS = "`providers` must be a non-empty list of provider addresses"
 MAX_BODY = 64 * 1024
@@ -85,6 +95,12 @@ async def admin(serve: ServeFactory) -> AsyncIterator[Admin]:
     config = GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,), shutdown_timeout=0.5)
     async with Gateway(served.router, config) as gateway:
         yield Admin(served, gateway.url, await served.devnet.open_client())
+
+
+def param_named(message: str) -> str | None:
+    """The field an admin 400 names in ``param``: the one its message starts with, if any."""
+    match = re.match(r"`(\w+)`", message)
+    return match[1] if match else None
 
 
 def account_of(view: dict[str, Any], provider: str) -> dict[str, Any]:
@@ -261,19 +277,56 @@ class TestFund:
             pytest.param(b'{"provider": "0x1234", "amount": "1"}', BAD_PROVIDER, id="short-address"),
             pytest.param(b'{"provider": "0x' + b"g" * 40 + b'", "amount": "1"}', BAD_PROVIDER, id="not-hex"),
             pytest.param(b'{"provider": 12345, "amount": "1"}', BAD_PROVIDER, id="address-number"),
-            pytest.param(b'{"provider": "P0", "amount": "abc"}', "`amount` is not a number: 'abc'", id="abc"),
-            pytest.param(b'{"provider": "P0", "amount": "-1"}', BAD_AMOUNT, id="negative"),
-            pytest.param(b'{"provider": "P0", "amount": -0.5}', BAD_AMOUNT, id="negative-number"),
-            pytest.param(b'{"provider": "P0", "amount": "0"}', BAD_AMOUNT, id="zero"),
-            pytest.param(b'{"provider": "P0", "amount": 0}', BAD_AMOUNT, id="zero-number"),
+            pytest.param(b'{"provider": "P0", "amount": "abc"}', not_plain("'abc'"), id="abc"),
+            pytest.param(b'{"provider": "P0", "amount": "-1"}', not_plain("'-1'"), id="negative"),
+            pytest.param(b'{"provider": "P0", "amount": -0.5}', not_plain("'-0.5'"), id="negative-number"),
+            pytest.param(b'{"provider": "P0", "amount": "0"}', POSITIVE, id="zero"),
+            pytest.param(b'{"provider": "P0", "amount": "0.000"}', POSITIVE, id="zero-with-decimals"),
+            pytest.param(b'{"provider": "P0", "amount": 0}', POSITIVE, id="zero-number"),
             pytest.param(
-                b'{"provider": "P0", "amount": "0.0000000000000000001"}', BAD_AMOUNT, id="19-decimals"
+                b'{"provider": "P0", "amount": "0.0000000000000000001"}',
+                not_plain("'0.0000000000000000001'"),
+                id="19-decimals",
             ),
             pytest.param(
-                b'{"provider": "P0", "amount": "1.0000000000000000005"}', BAD_AMOUNT, id="1-and-dust"
+                b'{"provider": "P0", "amount": "1.0000000000000000005"}',
+                not_plain("'1.0000000000000000005'"),
+                id="1-and-dust",
             ),
-            pytest.param(b'{"provider": "P0", "amount": "NaN"}', BAD_AMOUNT, id="nan"),
-            pytest.param(b'{"provider": "P0", "amount": "Infinity"}', BAD_AMOUNT, id="infinity"),
+            pytest.param(b'{"provider": "P0", "amount": "NaN"}', not_plain("'NaN'"), id="nan"),
+            pytest.param(b'{"provider": "P0", "amount": NaN}', not_plain("'nan'"), id="nan-literal"),
+            pytest.param(b'{"provider": "P0", "amount": "Infinity"}', not_plain("'Infinity'"), id="infinity"),
+            pytest.param(b'{"provider": "P0", "amount": "1_000"}', not_plain("'1_000'"), id="underscores"),
+            pytest.param(b'{"provider": "P0", "amount": "1,000"}', not_plain("'1,000'"), id="comma"),
+            pytest.param(
+                '{"provider": "P0", "amount": "\u0661\u0662"}'.encode(),
+                not_plain("'\u0661\u0662'"),
+                id="arabic-digits",
+            ),
+            pytest.param(
+                '{"provider": "P0", "amount": "\uff11"}'.encode(), not_plain("'\uff11'"), id="fullwidth-digit"
+            ),
+            pytest.param(b'{"provider": "P0", "amount": "1e3"}', not_plain("'1e3'"), id="exponent"),
+            pytest.param(b'{"provider": "P0", "amount": 1e-7}', not_plain("'1e-07'"), id="exponent-number"),
+            pytest.param(b'{"provider": "P0", "amount": "+1"}', not_plain("'+1'"), id="plus-sign"),
+            pytest.param(b'{"provider": "P0", "amount": " 1"}', not_plain("' 1'"), id="leading-space"),
+            pytest.param(b'{"provider": "P0", "amount": "1\\n"}', not_plain("'1\\n'"), id="trailing-newline"),
+            pytest.param(b'{"provider": "P0", "amount": "1."}', not_plain("'1.'"), id="bare-point"),
+            pytest.param(b'{"provider": "P0", "amount": ".5"}', not_plain("'.5'"), id="no-whole-part"),
+            pytest.param(b'{"provider": "P0", "amount": "0x10"}', not_plain("'0x10'"), id="hex"),
+            pytest.param(
+                b'{"provider": "P0", "amount": "' + b"9_" * 30 + b'"}',
+                not_plain(repr("9_" * 20) + "\u2026 (60 characters)"),
+                id="long-number-quoted-short",
+            ),
+            pytest.param(b'{"provider": "P0", "amount": "1000000000000"}', UNDER_CAP, id="the-cap"),
+            pytest.param(
+                b'{"provider": "P0", "amount": "0001000000000000.5"}',
+                UNDER_CAP,
+                id="over-the-cap-zero-padded",
+            ),
+            pytest.param(b'{"provider": "P0", "amount": 1e12}', UNDER_CAP, id="the-cap-as-number"),
+            pytest.param(b'{"provider": "P0", "amount": 100000000000000000000}', UNDER_CAP, id="huge-int"),
             pytest.param(b'{"provider": "P0", "amount": true}', NOT_AN_AMOUNT, id="bool"),
             pytest.param(b'{"provider": "P0", "amount": null}', NOT_AN_AMOUNT, id="null"),
             pytest.param(b'{"provider": "P0"}', NOT_AN_AMOUNT, id="no-amount"),
@@ -299,7 +352,13 @@ class TestFund:
             headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
         )
         assert_error(
-            answer, 400, "invalid_request_error", message, code="invalid_admin_request", request_id=False
+            answer,
+            400,
+            "invalid_request_error",
+            message,
+            code="invalid_admin_request",
+            param=param_named(message),
+            request_id=False,
         )
         assert await admin.nonce() == nonce
         assert await admin.ledger_available() == ledger
@@ -325,6 +384,52 @@ class TestFund:
         assert answer.headers["Content-Type"].startswith("application/json"), answer.text
         assert answer.json()["error"]["type"] == "invalid_request_error"
         assert answer.json()["error"]["code"] == "invalid_admin_request"
+        assert await admin.nonce() == nonce
+        assert await admin.view() == view
+
+    @pytest.mark.parametrize(
+        ("amount", "shown"),
+        [
+            pytest.param("10000000000", "10000000000.000000", id="1e10"),
+            pytest.param(
+                "999999999999.999999999999999999", "999999999999.999999999999999999", id="just-under-the-cap"
+            ),
+            pytest.param(1e10, "10000000000.000000", id="1e10-as-number"),
+            pytest.param(123456789012, "123456789012.000000", id="twelve-digits-as-int"),
+        ],
+    )
+    async def test_large_amounts_under_the_cap_reach_the_chain_exactly(
+        self, admin: Admin, amount: object, shown: str
+    ) -> None:
+        """An amount from 1e10 0G up to just under the cap is a valid amount (no 500 from a decimal
+        context's 28 digits): the chain refuses it as more than the ledger holds (409 ledger_low) and
+        the message quotes the exact amount asked, so nothing was rounded on the way."""
+        ledger, view = await admin.ledger_available(), await admin.view()
+        answer = await admin.call(
+            "POST", "/admin/fund", json={"provider": admin.provider(0), "amount": amount}
+        )
+        assert answer.status == 409, answer.text
+        error = answer.json()["error"]
+        assert (error["type"], error["code"]) == ("funding_error", "ledger_low")
+        assert f"short of the {shown} 0G transfer" in error["message"]
+        assert await admin.ledger_available() == ledger
+        assert amounts(await admin.view()) == amounts(view)
+
+    async def test_an_unknown_provider_is_404_and_sends_nothing(self, admin: Admin) -> None:
+        """A well-formed address that is neither in the pool nor a sub-account of ours: 404
+        provider_not_found naming it, no transaction, and no account appears for it."""
+        stranger = "0x" + "ab" * 20
+        nonce, view = await admin.nonce(), await admin.view()
+        answer = await admin.call("POST", "/admin/fund", json={"provider": stranger, "amount": "1"})
+        assert_error(
+            answer,
+            404,
+            "invalid_request_error",
+            f"not a provider in the pool, nor one we hold a sub-account at: {stranger}",
+            code="provider_not_found",
+            param="provider",
+            request_id=False,
+        )
         assert await admin.nonce() == nonce
         assert await admin.view() == view
 
@@ -402,6 +507,33 @@ class TestRefund:
             assert await admin.balance_at(index) == (2 * NEURON, 2 * NEURON)
             assert account_of(view, provider.address)["funding"] == "draining"
 
+    async def test_refund_of_an_unknown_provider_is_404_sends_nothing_and_books_nothing(
+        self, admin: Admin
+    ) -> None:
+        """A refund naming an address that is not a provider of ours (alone or next to a real one) is
+        refused whole: 404 provider_not_found, no ``retrieveFund`` sent, no provider marked draining, and
+        no phantom account (with its -1 0G "available") in the router's books, the balance view or the
+        provider balance gauge."""
+        stranger = "0x" + "cd" * 20
+        nonce, view = await admin.nonce(), await admin.view()
+        for providers in ([stranger], [admin.provider(0), stranger]):
+            answer = await admin.call("POST", "/admin/refund", json={"providers": providers})
+            assert_error(
+                answer,
+                404,
+                "invalid_request_error",
+                f"not a provider in the pool, nor one we hold a sub-account at: {stranger}",
+                code="provider_not_found",
+                param="providers",
+                request_id=False,
+            )
+        assert await admin.nonce() == nonce
+        assert await admin.view() == view
+        accounts = admin.served.router.accounts
+        assert accounts is not None
+        assert accounts.get(stranger) is None
+        assert stranger.lower() not in {a.provider.lower() for a in accounts}
+
     @pytest.mark.parametrize(
         ("body", "message"),
         [
@@ -419,7 +551,13 @@ class TestRefund:
         nonce, view = await admin.nonce(), await admin.view()
         answer = await admin.call("POST", "/admin/refund", data=body)
         assert_error(
-            answer, 400, "invalid_request_error", message, code="invalid_admin_request", request_id=False
+            answer,
+            400,
+            "invalid_request_error",
+            message,
+            code="invalid_admin_request",
+            param=param_named(message),
+            request_id=False,
         )
         assert await admin.nonce() == nonce
         assert await admin.view() == view

@@ -13,7 +13,8 @@ from router.chain.logs import FeesSpent
 from router.devnet.simulator.faults import Faults
 from router.errors import RouterError
 from router.money.watcher import MAX_BACKOFF
-from router.observability.events import BackgroundError, RequestFinished, Settled
+from router.observability.events import BackgroundError, RequestFinished, Settled, WatcherProgress
+from router.observability.metrics import Metrics
 from tests.money.support import (
     MONEY_MODEL,
     WAIT,
@@ -30,6 +31,15 @@ OUTAGE = 20.0
 # Each provider answers after 0.2 s: that paces the traffic (4 lanes, about 20 requests a second).
 LATENCY = 0.2
 LANES = 4
+
+
+def watcher_gauges(metrics: Metrics) -> tuple[float, float]:
+    """(watcher_lag_blocks, watcher_stalled_seconds) as a scrape would read them now."""
+    lag = metrics.registry.get_sample_value("zg_router_watcher_lag_blocks")
+    stalled = metrics.registry.get_sample_value("zg_router_watcher_stalled_seconds")
+    assert lag is not None
+    assert stalled is not None
+    return lag, stalled
 
 
 def watcher_errors(money: MoneyRouter) -> list[BackgroundError]:
@@ -50,9 +60,12 @@ class TestRpcOutage:
         is still served (from cached balances and tokens), the watcher reports the failure once and
         applies nothing meanwhile; after the RPC returns it catches up to the head, the balances equal
         ``getAccount`` to the wei, the settled totals equal the providers' exactly, and the number of logs
-        it applied equals the distinct money logs in its block range: none was applied twice."""
+        it applied equals the distinct money logs in its block range: none was applied twice. Its lag
+        gauges tell the outage as it happens: the lag in blocks rises while the head cannot be read, the
+        stalled seconds too, and once it has caught up both are exact again (stalled 0)."""
         money = await open_money_router(rpc_url=rpc_proxy.url)
         devnet, router = money.devnet, money.router
+        metrics = Metrics(router)
         loop = asyncio.get_running_loop()
         for provider in devnet.providers:
             await provider.simulator.set_faults(Faults(latency=LATENCY))
@@ -93,6 +106,7 @@ class TestRpcOutage:
                 await money.log.wait_for(
                     lambda e: isinstance(e, BackgroundError) and e.task == "settlement-watcher", within=WAIT
                 )
+                lag_at_cut = watcher_gauges(metrics)
                 # Settlements the router cannot see yet, between requests it keeps serving.
                 await settle_all(devnet)
                 await served(money, 40)
@@ -103,6 +117,7 @@ class TestRpcOutage:
                 await asyncio.sleep(remaining)  # the outage itself: its length is the scenario
 
                 # Still cut off: what the router shows is what it knew before the outage.
+                lag_before_resume = watcher_gauges(metrics)
                 during = money.account_views()
                 assert money.watcher.cursor == cursor
                 for address, view in during.items():
@@ -131,6 +146,10 @@ class TestRpcOutage:
         await money.wait_watcher_at(head, within=WAIT + MAX_BACKOFF)
         assert money.watcher.cursor == head + 1
         assert len(watcher_errors(money)) == 1
+        assert lag_before_resume[0] > lag_at_cut[0]
+        assert lag_before_resume[1] > lag_at_cut[1] >= 0
+        last = money.log.of(WatcherProgress)[-1]
+        assert watcher_gauges(metrics) == (last.head - last.block, 0)
 
         await assert_matches_chain(money)
         total_spent = sum(int(v["spent"]) for v in money.account_views().values())

@@ -257,13 +257,14 @@ class TestConfirmations:
         assert h.events.of(WatcherProgress)[-1] == WatcherProgress(START + 5, START + 8)
 
     async def test_nothing_is_read_before_the_first_block_is_buried(self, chain: FakeChain) -> None:
-        """Head within the confirmation depth of the start: no logs read, cursor kept, caught up."""
+        """Head within the confirmation depth of the start: no logs read, cursor kept, caught up; the
+        pass still reports progress (nothing applied past the block before the start, and the head)."""
         h = Harness(chain, confirmations=5)
         chain.head = START + 4
         assert await h.watcher.step()
         assert chain.ranges == []
         assert h.watcher.cursor == START
-        assert h.events.of(WatcherProgress) == []
+        assert h.events.of(WatcherProgress) == [WatcherProgress(START - 1, START + 4)]
 
     async def test_long_ranges_are_read_in_chunks(self, chain: FakeChain) -> None:
         """Far behind the head, each pass reads at most MAX_RANGE blocks and says it is not caught up."""
