@@ -209,6 +209,13 @@ class TestViews:
         assert run.out.splitlines()[0] == f"wallet  {live.wallet}"
 
 
+# The gateway's refusal of an amount that is not a plain decimal, before the offending text.
+PLAIN_DECIMAL = (
+    "`amount` must be a plain decimal number of 0G (ASCII digits, at most 18 decimals, no sign, exponent "
+    'or separators), such as "1.5"'
+)
+
+
 class TestMoney:
     async def test_fund_moves_the_amount_on_chain(self, live: Live) -> None:
         """``zg-router fund --provider X --amount 0.5`` moves exactly 0.5 0G to X's sub-account, says so
@@ -249,9 +256,10 @@ class TestMoney:
     @pytest.mark.parametrize(
         ("amount", "message"),
         [
-            ("abc", "400: `amount` is not a number: 'abc'"),
-            ("-1", "400: `amount` must be positive, with at most 18 decimals"),
-            ("0.0000000000000000001", "400: `amount` must be positive, with at most 18 decimals"),
+            ("abc", f"400: {PLAIN_DECIMAL}; got 'abc'"),
+            ("-1", f"400: {PLAIN_DECIMAL}; got '-1'"),
+            ("0.0000000000000000001", f"400: {PLAIN_DECIMAL}; got '0.0000000000000000001'"),
+            ("0.000", "400: `amount` must be positive"),
             (
                 "100",
                 "409: the ledger has 14.000000 0G available, short of the 100.000000 0G transfer; "
