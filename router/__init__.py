@@ -19,6 +19,8 @@ _EXPORTS = {
     "AllAttemptsFailed": "router.errors",
     "ChainError": "router.errors",
     "ConfigError": "router.errors",
+    "Devnet": "router.devnet.network",
+    "DevnetConfig": "router.devnet.network",
     "DiscoveryOptions": "router.config",
     "DispatchOptions": "router.config",
     "Endpoint": "router.replies",
@@ -49,6 +51,8 @@ __all__ = [
     "AllAttemptsFailed",
     "ChainError",
     "ConfigError",
+    "Devnet",
+    "DevnetConfig",
     "DiscoveryOptions",
     "DispatchOptions",
     "Endpoint",
@@ -87,6 +91,7 @@ if TYPE_CHECKING:
         StaticUpstream,
         load_config,
     )
+    from router.devnet.network import Devnet, DevnetConfig
     from router.errors import (
         AllAttemptsFailed,
         ChainError,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zg-router", description="An OpenAI-compatible router for the 0G Compute Network."
     )
+    parser.add_argument("--version", action="version", version=f"zg-router {_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     devnet = commands.add_parser(
@@ -136,6 +138,14 @@ def _parser() -> argparse.ArgumentParser:
             )
         admin.set_defaults(run=_run_admin, command=name)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (a source tree that was never installed has none)."""
+    try:
+        return importlib.metadata.version("zg-router")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _logging_flags(parser: argparse.ArgumentParser) -> None:

@@ -17,20 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
-from router.chain.client import ChainClient
-from router.chain.networks import Network
-from router.chain.session import SessionTokens
-from router.chain.wallet import Wallet
 from router.config import RouterConfig
-from router.discovery import Discovery, Prober, static_infos
+from router.discovery import ALLOW_PRIVATE_TARGETS, Discovery, Prober, static_infos
 from router.dispatch import Dispatcher
 from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError
-from router.money.balances import BalanceSync
-from router.money.funder import Funder
 from router.money.report import balance_report, providers_report
-from router.money.watcher import SettlementWatcher
 from router.observability.events import BreakerChanged, Event, Observer, RpcFailed
 from router.policy.select import NO_PREFERENCES, Preferences, parse_preferences
 from router.pool.accounting import Accounts
@@ -44,6 +37,17 @@ from router.validate import validate_json
 from router.verify.check import Finding
 from router.verify.verifier import Verifier
 from router.verify.warmup import TrustWarmup
+
+if TYPE_CHECKING:
+    import openai
+
+    from router.chain.networks import Network
+    from router.chain.session import SessionTokens
+    from router.core import Core
+    from router.embed.thread import LoopThread
+    from router.money.balances import BalanceSync
+    from router.money.funder import Funder
+    from router.money.watcher import SettlementWatcher
 
 
 class Router:
@@ -63,6 +67,9 @@ class Router:
         self._watcher: SettlementWatcher | None = None
         self._verifier: Verifier | None = None
         self.wallet_address: str | None = None
+        self._core: Core | None = None  # the in-process faces' (router.embed), made on first use
+        self._thread: LoopThread | None = None
+        self._serving = False
 
     def __repr__(self) -> str:
         size = len(self._pool) if self._pool is not None else "-"
@@ -75,6 +82,7 @@ class Router:
         except BaseException:
             await self._stack.aclose()
             raise
+        self._serving = True
         return self
 
     async def __aexit__(
@@ -83,7 +91,13 @@ class Router:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._serving = False
         await self._stack.aclose()
+
+    @property
+    def serving(self) -> bool:
+        """Open: inside ``async with`` (or ``start_in_thread()``), not yet closed."""
+        return self._serving
 
     async def _open(self) -> None:
         config = self.config
@@ -138,6 +152,14 @@ class Router:
         self, network: Network, pool: Pool, transport: HttpTransport, admission: Admission
     ) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Chain providers and the wallet's money: discovery, balances, the watcher and the funder."""
+        # Here, not at module level: web3 takes about a second to import, and only a network needs it.
+        from router.chain.client import ChainClient
+        from router.chain.session import SessionTokens
+        from router.chain.wallet import Wallet
+        from router.money.balances import BalanceSync
+        from router.money.funder import Funder
+        from router.money.watcher import SettlementWatcher
+
         config = self.config
         money = config.money
         assert config.private_key is not None
@@ -157,6 +179,8 @@ class Router:
             emit=self.emit,
         )
         await discovery.refresh()
+        if discovery.refused_private:
+            self._refused_at_open(network, discovery.refused_private, pool)
         accounts = self._accounts = Accounts(low_water=money.fund_below_neuron)
         funder = self._funder = Funder(
             chain,
@@ -196,6 +220,22 @@ class Router:
             on_resync=balances.ask,
         )
         return [discovery.run, balances.run, watcher.run, funder.run]
+
+    @staticmethod
+    def _refused_at_open(network: Network, refused: int, pool: Pool) -> None:
+        """The URL guard refused providers for their loopback or private addresses: a ConfigError when
+        that leaves nothing to route to (a devnet without ``allow_private_targets``), else a warning (a
+        public network where a few providers registered such URLs; requests for models only they serve
+        are told why, ``Dispatcher._candidates``)."""
+        message = (
+            f"the URL guard refused {refused} provider(s) on network {network.name!r} because their "
+            f"registry URLs are loopback or private addresses; {ALLOW_PRIVATE_TARGETS}"
+        )
+        if not len(pool):
+            raise ConfigError(f"nothing to route to: {message}")
+        import structlog
+
+        structlog.get_logger("router").warning("providers refused", detail=message)
 
     # -- what the gateway uses --------------------------------------------------------------------
 
@@ -340,6 +380,63 @@ class Router:
             max_output=max_output(endpoint, payload),
         )
         return await self.dispatch(call)
+
+    # -- in-process faces (router.embed) ----------------------------------------------------------
+
+    def httpx_transport(self, *, sync: bool = False, package: str | None = None) -> Any:
+        """An httpx transport serving every gateway route in-process (no socket, no gateway key):
+        ``httpx2.AsyncClient(transport=router.httpx_transport())``. ``package`` picks the httpx flavour
+        ("httpx2", which the openai SDK 3.x uses and the default when installed, or the classic "httpx").
+        The async transport runs on the router's own loop; ``sync=True`` gives a ``BaseTransport`` for
+        a router started with ``start_in_thread()``. A stream frees its provider slot when it is closed
+        or read to the end."""
+        from router.embed.transport import flavour, transport_classes
+
+        async_transport, sync_transport = transport_classes(flavour(package))
+        if sync:
+            return sync_transport(self, self._embedded_core(), self._running_thread().loop)
+        if self._thread is not None:
+            # Its futures belong to the loop thread: awaited on another loop they would never finish.
+            raise RouterError("this router runs on its own loop thread: ask for sync=True clients")
+        return async_transport(self, self._embedded_core())
+
+    @overload
+    def openai_client(self, *, sync: Literal[False] = False, **kwargs: Any) -> openai.AsyncOpenAI: ...
+
+    @overload
+    def openai_client(self, *, sync: Literal[True], **kwargs: Any) -> openai.OpenAI: ...
+
+    def openai_client(self, *, sync: bool = False, **kwargs: Any) -> openai.AsyncOpenAI | openai.OpenAI:
+        """A ready ``openai.AsyncOpenAI`` over ``httpx_transport()`` (``sync=True``: an ``openai.OpenAI``
+        for a router started with ``start_in_thread()``). ``kwargs`` go to the SDK; ``max_retries``
+        defaults to 0, since the router has retried and failed over already."""
+        from router.embed.sdk import openai_client
+
+        return openai_client(self, sync=sync, **kwargs)
+
+    def start_in_thread(self) -> LoopThread:
+        """For code that is not async: ``with Router(config).start_in_thread() as router:`` opens the
+        router on a loop thread of its own and closes it on exit (or at interpreter exit)."""
+        from router.embed.thread import LoopThread
+
+        if self._thread is None:
+            self._thread = LoopThread(self)
+        return self._thread
+
+    def _embedded_core(self) -> Core:
+        from router.core import Core
+
+        if self._core is None:
+            self._core = Core(self)
+        return self._core
+
+    def _running_thread(self) -> LoopThread:
+        if self._thread is None:
+            raise RouterError(
+                "a sync transport needs the router on its own thread: "
+                "use `with Router(config).start_in_thread() as router:`"
+            )
+        return self._thread
 
     # -- provider credentials ---------------------------------------------------------------------
 

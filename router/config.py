@@ -2,19 +2,21 @@
 ``load_config``, which only the CLI calls.
 
 Secrets (the wallet key, API keys) are fields with ``repr=False``, so a config printed or logged shows none.
+The chain side (web3) is imported only when a network is named: a config of static upstreams never loads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from router.chain.networks import Network, network_by_name
 from router.errors import ConfigError, InvalidRequest
 from router.policy.select import Strategy
 from router.pool.health import HealthPolicy
@@ -22,6 +24,10 @@ from router.pool.limits import ProviderLimits
 from router.transport.http import TransportOptions
 from router.types import NEURON_PER_0G
 from router.verify.verifier import VerifyOptions
+
+if TYPE_CHECKING:
+    from router.chain.networks import Network
+    from router.devnet.network import Devnet
 
 DEFAULT_PORT = 8080
 # Prometheus' registry of default ports gives 9464 to OpenTelemetry exporters; deploy/ uses it too.
@@ -187,6 +193,79 @@ class RouterConfig:
         if len(set(names)) != len(names):
             raise ConfigError("static upstream names must be unique")
 
+    @classmethod
+    def for_devnet(cls, devnet: Devnet | str | bytes | Mapping[str, Any], **changes: Any) -> RouterConfig:
+        """A router for a local devnet's funded user. ``devnet`` is a running ``Devnet``, the JSON line
+        ``zg-router devnet --json`` prints, or the dict that line parses to.
+
+        Sets the devnet network (its RPC URL), the user's key (anvil's public dev key #1), loopback
+        providers allowed (``allow_private_targets``), and registry changes and settlements followed
+        within a second or so. ``changes`` replace fields as ``dataclasses.replace`` does; a ``transport``
+        given here replaces ours whole, so it refuses the devnet's providers unless it allows private
+        targets too.
+        """
+        network, private_key = _devnet_network(devnet)
+        config = cls(
+            network=network,
+            private_key=private_key,
+            transport=TransportOptions(allow_private_targets=True),
+            discovery=DiscoveryOptions(event_poll_interval=1.0, probe_interval=1.0),
+            # The simulators settle every few seconds: follow them closely.
+            money=MoneyOptions(balance_interval=5.0, watch_interval=1.0),
+        )
+        try:
+            return dataclasses.replace(config, **changes)
+        except TypeError as exc:
+            raise ConfigError(f"RouterConfig.for_devnet: {exc}") from None
+
+
+_DEVNET_SOURCE = "a running Devnet, the line `zg-router devnet --json` prints, or the dict it parses to"
+
+
+def _devnet_network(source: object) -> tuple[Network, str]:
+    """The network and user key a devnet summary describes (see ``Devnet.summary``)."""
+    from router.chain.networks import DEVNET
+
+    if isinstance(source, str | bytes):
+        try:
+            source = json.loads(source)
+        except ValueError:
+            raise ConfigError(f"RouterConfig.for_devnet: not JSON; it takes {_DEVNET_SOURCE}") from None
+    if not isinstance(source, Mapping):
+        from router.devnet.network import Devnet
+
+        if not isinstance(source, Devnet):
+            raise ConfigError(f"RouterConfig.for_devnet takes {_DEVNET_SOURCE}, not {type(source).__name__}")
+        if not source.rpc_url:
+            raise ConfigError("the devnet is not running: use it inside `async with Devnet() as devnet:`")
+        source = source.summary()
+    user = source.get("user")
+    rpc_url, chain_id = source.get("rpc_url"), source.get("chain_id")
+    ledger, inference = source.get("ledger"), source.get("inference")
+    key = user.get("private_key") if isinstance(user, Mapping) else None
+    if not (
+        isinstance(rpc_url, str)
+        and isinstance(chain_id, int)
+        and isinstance(ledger, str)
+        and isinstance(inference, str)
+        and isinstance(key, str)
+    ):
+        expected = (
+            ("rpc_url", rpc_url, str),
+            ("chain_id", chain_id, int),
+            ("ledger", ledger, str),
+            ("inference", inference, str),
+            ("user.private_key", key, str),
+        )
+        wrong = ", ".join(name for name, value, kind in expected if not isinstance(value, kind))
+        raise ConfigError(
+            f"RouterConfig.for_devnet: the devnet summary lacks {wrong}; it takes {_DEVNET_SOURCE}"
+        )
+    network = dataclasses.replace(
+        DEVNET, chain_id=chain_id, rpc_urls=(rpc_url,), ledger=ledger, inference=inference
+    )
+    return network, key
+
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
@@ -333,6 +412,8 @@ def _network(data: Mapping[str, Any], env: Mapping[str, str]) -> Network | None:
     name = env.get("ZG_ROUTER_NETWORK", data.get("network"))
     if name is None:
         return None
+    from router.chain.networks import network_by_name
+
     network = network_by_name(str(name))
     urls = env.get("ZG_ROUTER_RPC_URLS")
     # The file's RPC URLs belong to the file's network: another network from the environment drops them.

@@ -3,8 +3,11 @@
 Discovery reads every page of services from chain, keeps the acknowledged ones whose URL passes the guard,
 asks each for its ``/v1/models`` (limits, per-model prices, extra model ids) and hands the pool a complete
 snapshot. It refreshes on a cadence and as soon as ``ServiceUpdated``, ``ServiceRemoved`` or
-``ProviderTEESignerAcknowledged`` logs appear. The prober closes breakers with free ``/v1/models`` calls,
-so providers come back after an outage without any real traffic.
+``ProviderTEESignerAcknowledged`` logs appear. Providers refused only for a loopback or private address (a
+local devnet without ``allow_private_targets``) are counted in the pool by model, so that a request for
+their model is told so, and which setting allows them, rather than that the model does not exist. The
+prober closes breakers with free ``/v1/models`` calls, so providers come back after an outage without any
+real traffic.
 """
 
 from __future__ import annotations
@@ -12,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from router.chain.client import ChainClient
 from router.config import DiscoveryOptions, StaticUpstream
 from router.errors import ProviderUnreachable, RouterError, UnsafeProviderUrl
 from router.observability.events import BackgroundError, Observer, PoolRefreshed
@@ -25,6 +27,15 @@ from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderStat
 from router.transport.guard import check_provider_url
 from router.transport.http import HttpTransport
 from router.types import Service
+
+if TYPE_CHECKING:
+    from router.chain.client import ChainClient
+
+# What a user who runs into the URL guard on a local network needs to read.
+ALLOW_PRIVATE_TARGETS = (
+    "set [transport] allow_private_targets = true (TransportOptions(allow_private_targets=True); "
+    "RouterConfig.for_devnet sets it) to allow such providers"
+)
 
 
 def static_infos(upstreams: Sequence[StaticUpstream]) -> list[ProviderInfo]:
@@ -151,6 +162,8 @@ class Discovery:
         self._warm = warm
         self._emit = emit
         self._next_block = 0
+        # How many providers the last refresh refused only for a loopback or private address.
+        self.refused_private = 0
 
     async def refresh(self) -> None:
         """Replace the pool's chain providers with what the registry says now."""
@@ -158,6 +171,7 @@ class Discovery:
         services = await self._chain.list_services()
         skipped: dict[str, str] = {}
         usable: list[tuple[Service, str]] = []
+        private: list[Service] = []
         for service in services:
             if not service.tee_signer_acknowledged:
                 skipped[service.provider] = "TEE signer not acknowledged"
@@ -165,12 +179,18 @@ class Discovery:
             try:
                 base = check_provider_url(service.provider, service.url, allow_private=self._allow_private)
             except UnsafeProviderUrl as exc:
-                skipped[service.provider] = str(exc)
+                if _only_private(service):
+                    private.append(service)
+                    skipped[service.provider] = f"{exc}; {ALLOW_PRIVATE_TARGETS}"
+                else:
+                    skipped[service.provider] = str(exc)
                 continue
             usable.append((service, base))
         docs = await asyncio.gather(*(self._models_doc(service, base) for service, base in usable))
         infos = [provider_info(service, base, doc) for (service, base), doc in zip(usable, docs, strict=True)]
         self._pool.replace(ProviderKind.CHAIN, infos)
+        self._pool.set_refused((service.service_type, service.model) for service in private)
+        self.refused_private = len(private)
         self._next_block = latest + 1
         self._emit(PoolRefreshed(len(infos), skipped))
         # Mint session tokens now, so that no request waits for a chain read to get one.
@@ -215,6 +235,15 @@ class Discovery:
         except ProviderUnreachable:
             # Still usable: it gets the broker's default limits until it answers.
             return None
+
+
+def _only_private(service: Service) -> bool:
+    """Whether the guard refused ``service``'s URL for its address alone (it passes with private targets)."""
+    try:
+        check_provider_url(service.provider, service.url, allow_private=True)
+    except UnsafeProviderUrl:
+        return False
+    return True
 
 
 class Prober:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from router.config import DispatchOptions
+from router.discovery import ALLOW_PRIVATE_TARGETS
 from router.errors import (
     AllAttemptsFailed,
     InsufficientFunds,
@@ -235,6 +236,12 @@ class Dispatcher:
     def _candidates(self, call: Call) -> list[ProviderState]:
         everyone = self._pool.candidates(call.endpoint.service_type, call.model)
         if not everyone:
+            if refused := self._pool.refused(call.endpoint.service_type, call.model):
+                raise NoProviderAvailable(
+                    f"{refused} provider(s) of model {clipped(call.model)} were refused by the URL guard: "
+                    f"their registry URLs are loopback or private addresses; {ALLOW_PRIVATE_TARGETS}",
+                    code="providers_refused",
+                )
             if self._pool.knows_model(call.model):
                 raise InvalidRequest(
                     f"model {clipped(call.model)} is not served on {call.endpoint.path.removeprefix('/')}",

@@ -1,4 +1,5 @@
-"""OpenAI wire shapes: reading a client's request into a ``Call`` and writing errors the SDKs understand."""
+"""OpenAI wire shapes: reading a client's request (JSON or a multipart upload) into what a ``Call`` needs, and
+the gateway key check. Shared by every face through ``router.core``; no HTTP server here."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from collections.abc import Mapping
 from email.parser import BytesParser
 from email.policy import HTTP
 
-from aiohttp import web
-
-from router.errors import InvalidRequest, RequestFailed, UpstreamRejected
+from router.errors import InvalidRequest
 from router.policy.select import Preferences, parse_preferences
 from router.replies import Endpoint, max_output
 from router.validate import validate_json, validate_transcription
@@ -118,28 +117,3 @@ def bearer_matches(header: str | None, keys: tuple[bytes, ...]) -> bool:
     for key in keys:
         matched |= hmac.compare_digest(given, key)
     return scheme.lower() == "bearer" and matched
-
-
-def error_response(error: RequestFailed, extra_headers: Mapping[str, str]) -> web.Response:
-    """The OpenAI error body for ``error``, with its status and headers (``Retry-After`` on 429/503)."""
-    headers = {**error.headers, **extra_headers}
-    if isinstance(error, UpstreamRejected):
-        return web.Response(
-            status=error.status, body=error.body, headers={**headers, "Content-Type": error.content_type}
-        )
-    return error_json(
-        error.status, error.message, error.type, code=error.code, param=error.param, headers=headers
-    )
-
-
-def error_json(
-    status: int,
-    message: str,
-    kind: str,
-    *,
-    code: str | None = None,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.json_response(body, status=status, headers=headers)

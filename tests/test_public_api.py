@@ -16,6 +16,13 @@ def test_all_is_sorted_and_complete() -> None:
         assert getattr(router, name) is not None
 
 
+def test_the_devnet_is_public() -> None:
+    """``Devnet`` and ``DevnetConfig`` come from ``router`` itself, for ``RouterConfig.for_devnet``."""
+    from router.devnet.network import Devnet, DevnetConfig
+
+    assert (router.Devnet, router.DevnetConfig) == (Devnet, DevnetConfig)
+
+
 def test_unknown_name_is_an_attribute_error() -> None:
     """A name that is not exported is an AttributeError, not a silent None."""
     assert not hasattr(router, "Dispatcher")

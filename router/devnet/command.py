@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
+import shlex
 import signal
 import sys
+from pathlib import Path
 
 from router.client import Router
-from router.config import DiscoveryOptions, GatewayConfig, MoneyOptions, RouterConfig
+from router.config import GatewayConfig, RouterConfig
 from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, dev_private_key
 from router.devnet.simulator.spec import ProviderSpec
 from router.observability.logging import configure_logging
 from router.server.app import Gateway
 from router.server.command import serve
-from router.transport.http import TransportOptions
 
 
 def devnet_config(args: argparse.Namespace) -> DevnetConfig:
@@ -33,24 +35,6 @@ def devnet_config(args: argparse.Namespace) -> DevnetConfig:
     return DevnetConfig(providers=specs, port=args.port)
 
 
-def devnet_summary(devnet: Devnet) -> dict[str, object]:
-    """What a client needs to use the devnet. The user key is anvil's public dev key #1."""
-    return {
-        "rpc_url": devnet.rpc_url,
-        "chain_id": devnet.network.chain_id,
-        "ledger": devnet.network.ledger,
-        "inference": devnet.network.inference,
-        "user": {
-            "address": devnet.user_wallet.address,
-            "private_key": dev_private_key(USER_KEY_INDEX),
-        },
-        "providers": [
-            {"address": p.address, "url": p.url, "model": p.spec.model, "admin_url": p.simulator.admin_url}
-            for p in devnet.providers
-        ],
-    }
-
-
 async def run_devnet(args: argparse.Namespace) -> int:
     if args.serve:
         return await _run_devnet_gateway(args)
@@ -59,7 +43,7 @@ async def run_devnet(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Devnet(devnet_config(args)) as devnet:
-        summary = devnet_summary(devnet)
+        summary = devnet.summary()
         if args.json:
             print(json.dumps(summary), flush=True)
         else:
@@ -67,18 +51,6 @@ async def run_devnet(args: argparse.Namespace) -> int:
         await stop.wait()
     print("devnet stopped", file=sys.stderr)
     return 0
-
-
-def devnet_router_config(devnet: Devnet) -> RouterConfig:
-    """A router for the devnet's user: loopback providers allowed, registry changes seen within a second."""
-    return RouterConfig(
-        network=devnet.network,
-        private_key=dev_private_key(USER_KEY_INDEX),
-        transport=TransportOptions(allow_private_targets=True),
-        discovery=DiscoveryOptions(event_poll_interval=1.0, probe_interval=1.0),
-        # The simulators settle every few seconds: follow them closely.
-        money=MoneyOptions(balance_interval=5.0, watch_interval=1.0),
-    )
 
 
 async def _run_devnet_gateway(args: argparse.Namespace) -> int:
@@ -99,7 +71,7 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
         metrics_port=0,
     )
     async with Devnet(devnet_config(args)) as devnet:
-        summary = devnet_summary(devnet)
+        summary = devnet.summary()
 
         def announce(router: Router, gateway: Gateway) -> None:
             summary["gateway"] = {
@@ -115,33 +87,45 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
                 model = devnet.providers[0].spec.model
                 print(_try_it(gateway.url, api_key, admin_key, model, gateway.metrics_url), flush=True)
 
-        await serve(devnet_router_config(devnet), gateway_config, announce=announce)
+        await serve(RouterConfig.for_devnet(devnet), gateway_config, announce=announce)
     print("devnet stopped", file=sys.stderr)
     return 0
 
 
 def _try_it(base: str, api_key: str, admin_key: str, model: str, metrics_url: str | None) -> str:
+    """How to reach the gateway: commands that run as printed when pasted into a shell (unindented, so
+    the heredoc closes and Python sees no indentation; every value quoted for its language)."""
     url = base + "/v1"
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    messages = '[{"role": "user", "content": "Hello!"}]'
     return f"""
-Try it (Ctrl-C stops the gateway and the devnet):
+Try it (Ctrl-C stops the gateway and the devnet); paste into a shell:
 
-  curl -s {url}/chat/completions -H "Authorization: Bearer {api_key}" \\
-       -H "Content-Type: application/json" -d '{body}'
+curl -s {shlex.quote(url + "/chat/completions")} -H {shlex.quote("Authorization: Bearer " + api_key)} \\
+  -H "Content-Type: application/json" -d {shlex.quote(body)}
 
-  .venv/bin/python - <<'EOF'
-  from openai import OpenAI
-  client = OpenAI(base_url="{url}", api_key="{api_key}")
-  reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
-  print(reply.choices[0].message.content)
-  EOF
+{_command("python")} - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url={json.dumps(url)}, api_key={json.dumps(api_key)})
+reply = client.chat.completions.create(model={json.dumps(model)}, messages={messages})
+print(reply.choices[0].message.content)
+EOF
 
 Balances and providers (admin key {admin_key}):
 
-  ZG_ROUTER_URL={base} ZG_ROUTER_ADMIN_KEY={admin_key} .venv/bin/zg-router balance
+ZG_ROUTER_URL={shlex.quote(base)} ZG_ROUTER_ADMIN_KEY={shlex.quote(admin_key)} {_command("zg-router")} balance
 
 Prometheus metrics (no key, loopback only): {metrics_url}
 """
+
+
+def _command(name: str) -> str:
+    """``name`` from this interpreter's bin directory (the venv's), relative to the working directory
+    when it is under it (``.venv/bin/python``), quoted for a shell."""
+    path = Path(sys.executable).with_name(name)
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(Path.cwd())
+    return shlex.quote(str(path))
 
 
 def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:

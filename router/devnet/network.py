@@ -1,7 +1,11 @@
 """Devnet: a local anvil chain with the real 0G contracts, registered providers and a funded user.
 
-    async with Devnet(DevnetConfig(providers=3)) as devnet:
-        devnet.rpc_url, devnet.user.address, devnet.providers[0].address ...
+    async with Devnet() as devnet:                     # one provider of "devnet-model"
+        devnet.rpc_url, devnet.user_wallet.address, devnet.providers[0].address ...
+        config = RouterConfig.for_devnet(devnet)        # a router for the funded user
+
+``DevnetConfig(providers=(ProviderSpec(model="a"), ProviderSpec(model="b")))`` sets up more providers. The
+anvil binary and contract artifacts come from ``node_modules`` (``make setup``; ``find_node_modules``).
 
 Roles use anvil's dev accounts (the "test test ... junk" mnemonic): account 0 deploys and owns the
 contracts, account 1 is the user, accounts 2.. are the providers. TEE signer keys are derived from the same
@@ -15,7 +19,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from eth_account.hdaccount import ETHEREUM_DEFAULT_PATH, key_from_seed, seed_from_mnemonic
 
@@ -115,6 +119,26 @@ class Devnet:
     def user_wallet(self) -> Wallet:
         assert self.user.wallet is not None
         return self.user.wallet
+
+    def summary(self) -> dict[str, Any]:
+        """What a client needs to use the devnet (``zg-router devnet --json`` prints it as one line;
+        ``RouterConfig.for_devnet`` reads it). The user key is anvil's public dev key #1."""
+        return {
+            "rpc_url": self.rpc_url,
+            "chain_id": self.network.chain_id,
+            "ledger": self.network.ledger,
+            "inference": self.network.inference,
+            "user": {"address": self.user_wallet.address, "private_key": dev_private_key(USER_KEY_INDEX)},
+            "providers": [
+                {
+                    "address": p.address,
+                    "url": p.url,
+                    "model": p.spec.model,
+                    "admin_url": p.simulator.admin_url,
+                }
+                for p in self.providers
+            ],
+        }
 
     async def __aenter__(self) -> Self:
         started = time.perf_counter()

@@ -8,6 +8,7 @@ price.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -123,6 +124,7 @@ class Pool:
         self._index: dict[tuple[str, str], list[ProviderState]] = {}
         self._by_model: dict[str, list[ProviderState]] = {}
         self._models: dict[str, str] = {}
+        self._refused: Counter[tuple[str, str]] = Counter()
 
     def __len__(self) -> int:
         return len(self._providers)
@@ -169,6 +171,16 @@ class Pool:
 
     def knows_model(self, model: str) -> bool:
         return model.lower() in self._models
+
+    def set_refused(self, refused: Iterable[tuple[str, str]]) -> None:
+        """The (service type, model) of every chain provider the URL guard refused for a loopback or
+        private address, replaced on each refresh. They serve nothing: this only lets a request for their
+        model be told why it has no provider."""
+        self._refused = Counter((service_type, model.lower()) for service_type, model in refused)
+
+    def refused(self, service_type: str, model: str) -> int:
+        """How many providers of ``service_type`` serving ``model`` the URL guard refused."""
+        return self._refused[(service_type, model.lower())]
 
     def by_model(self) -> dict[str, list[ProviderState]]:
         """Every model id (as first advertised) with the providers serving it, over all service types."""

@@ -31,8 +31,8 @@ from router.errors import (
     RouterError,
     clipped,
 )
-from router.server.wire import bearer_matches, error_json
 from router.types import NEURON_PER_0G, TxResult
+from router.wire import bearer_matches
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _MAX_BODY = 64 * 1024
@@ -193,4 +193,5 @@ def _tx(result: TxResult) -> dict[str, Any]:
 
 
 def _error(status: int, message: str, kind: str, code: str, param: str | None = None) -> web.Response:
-    return error_json(status, message, kind, code=code, param=param)
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status)

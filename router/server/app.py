@@ -1,9 +1,11 @@
 """The OpenAI-compatible gateway: ``make_app(router, config)`` builds the aiohttp application.
 
-Handlers parse and validate, call ``Router.dispatch``, and write the reply. Every error a client can see is
-OpenAI-shaped JSON with the right status, down to the HTTP server's own (requests its parser refuses, too
-many connections), and slow clients are cut off by the limits ``GatewayConfig`` sets; nothing here decides
-routing.
+The API's routes are the core's (``router.core``: parsing, dispatch, receipts and errors, shared with the
+in-process transports); this face turns aiohttp requests into core requests and core replies into
+aiohttp responses, and adds what only an HTTP server has: the admin API and ``/metrics``, and the limits
+``GatewayConfig`` sets on connections, heads and bodies. Every error a client can see is OpenAI-shaped
+JSON with the right status, down to the HTTP server's own (requests its parser refuses, too many
+connections); nothing here decides routing.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import re
-import uuid
 from collections.abc import Awaitable, Callable
 from http.client import responses
 from types import TracebackType
@@ -26,30 +26,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from router.client import Router
 from router.config import GatewayConfig
-from router.errors import ConfigError, RequestFailed, Unauthorized
+from router.core import Core, Handler, error_reply, failure, not_found, request_id, too_large
+from router.core import Response as CoreResponse
+from router.errors import ConfigError
 from router.observability.metrics import Metrics
-from router.replies import Endpoint, Reply, StreamReply
+from router.replies import StreamReply
 from router.server.admin import add_admin_routes
-from router.server.wire import (
-    bearer_matches,
-    error_json,
-    error_response,
-    parse_json_request,
-    parse_multipart_request,
-)
 
 ROUTER = web.AppKey("router", Router)
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_OUR_PATHS = (
-    {f"/v1{e.path}" for e in Endpoint}
-    | {"/v1/models", "/healthz", "/readyz"}
-    | {f"/admin/{name}" for name in ("balance", "providers", "fund", "refund")}
-)
-# Routes with a variable last segment.
-_OUR_PREFIXES = ("/admin/verify/",)
-_log = structlog.get_logger("router.gateway")
-
-Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+# The routes the gateway serves besides the core's: a wrong method on them is a 405, not a 404.
+_ADMIN_PATHS = frozenset(f"/admin/{name}" for name in ("balance", "providers", "fund", "refund"))
+_ADMIN_PREFIXES = ("/admin/verify/",)
+_METRICS_ONLY = frozenset({"/metrics"})
 
 
 class Gateway:
@@ -186,7 +174,7 @@ async def _body_limits(
     if not request.body_exists:
         return await handler(request)
     if request.content_length is not None and request.content_length > max_body:
-        return _too_large(max_body, _request_id(request))
+        return _too_large(max_body, request_id(request.headers))
     deadline = asyncio.timeout(body_timeout)
     try:
         async with deadline:
@@ -195,12 +183,14 @@ async def _body_limits(
     except TimeoutError:
         if not deadline.expired():
             raise
-    return error_json(
-        408,
-        f"the request body did not arrive within {body_timeout:g} s",
-        "invalid_request_error",
-        code="request_timeout",
-        headers={"x-request-id": _request_id(request)},
+    return _web(
+        error_reply(
+            408,
+            f"the request body did not arrive within {body_timeout:g} s",
+            "invalid_request_error",
+            "request_timeout",
+            {"x-request-id": request_id(request.headers)},
+        )
     )
 
 
@@ -210,17 +200,15 @@ def _lift(deadline: asyncio.Timeout) -> None:
         deadline.reschedule(None)
 
 
-def _too_large(max_body: int, request_id: str) -> web.Response:
-    response = error_json(
-        413,
-        f"the request body is larger than the gateway's limit of {max_body} bytes",
-        "invalid_request_error",
-        code="request_too_large",
-        headers={"x-request-id": request_id},
-    )
+def _too_large(max_body: int, rid: str) -> web.Response:
+    response = _web(failure(too_large(max_body), rid))
     # The client may still be sending the rest: it should not send another request on this connection.
     response.force_close()
     return response
+
+
+def _web(reply: CoreResponse) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
 
 # What a request aiohttp's parser refused gets told, by the parser's exception: never the exception's own
@@ -284,10 +272,10 @@ def _protocol_error(status: int, message: str | None) -> web.Response:
     phrase = responses.get(status, "Error")
     code = "_".join(phrase.lower().replace("-", " ").split())
     if status >= 500:
-        return error_json(
-            status, message or f"internal error in the gateway ({phrase})", "api_error", code=code
+        return _web(
+            error_reply(status, message or f"internal error in the gateway ({phrase})", "api_error", code, {})
         )
-    return error_json(status, message or phrase, "invalid_request_error", code=code)
+    return _web(error_reply(status, message or phrase, "invalid_request_error", code, {}))
 
 
 def _busy_response(limit: int) -> bytes:
@@ -313,158 +301,77 @@ def make_app(
     (opens it before, closes it after)."""
     app = web.Application(client_max_size=config.max_body_bytes)
     app[ROUTER] = router
-    guard = functools.partial(
-        _guarded, keys=tuple(k.encode() for k in config.api_keys), max_body=config.max_body_bytes
-    )
-    for endpoint in (Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES):
-        app.router.add_post(
-            f"/v1{endpoint.path}", guard(functools.partial(_json_endpoint, endpoint=endpoint))
-        )
-    app.router.add_post("/v1/audio/transcriptions", guard(_transcription))
-    app.router.add_get("/v1/models", guard(_models))
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    add_admin_routes(app, ROUTER, config.admin_keys)
-    ours = _OUR_PATHS
+    face_paths = set(_ADMIN_PATHS)
     if metrics is not None:
         app.router.add_get("/metrics", functools.partial(_metrics, registry=metrics))
-        ours = ours | {"/metrics"}
-    app.router.add_route("*", "/{tail:.*}", functools.partial(_not_found, ours=ours))
+        face_paths.add("/metrics")
+    core = Core(router, api_keys=config.api_keys, face_paths=face_paths, face_prefixes=_ADMIN_PREFIXES)
+    for path, methods in core.routes.items():
+        for method, handler in methods.items():
+            serve = functools.partial(_serve, handler=handler, max_body=config.max_body_bytes)
+            # add_get also answers HEAD, as the gateway always has (probes use it).
+            if method == "GET":
+                app.router.add_get(path, serve)
+            else:
+                app.router.add_route(method, path, serve)
+    add_admin_routes(app, ROUTER, config.admin_keys)
+    app.router.add_route(
+        "*", "/{tail:.*}", functools.partial(_not_found, ours=core.ours, prefixes=core.prefixes)
+    )
     return app
 
 
-def _guarded(
-    handler: Handler, *, keys: tuple[bytes, ...], max_body: int
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Request id, gateway API key, and errors rendered the OpenAI way, around ``handler``."""
+class _Incoming:
+    """An aiohttp request as the core reads it: its body past ``client_max_size`` is the core's 413."""
 
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        request_id = _request_id(request)
-        # Every log line written while this request is served carries its id.
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            return await _answer(request, request_id)
+    __slots__ = ("_max_body", "_request", "headers", "method", "path")
 
-    async def _answer(request: web.Request, request_id: str) -> web.StreamResponse:
+    def __init__(self, request: web.Request, max_body: int) -> None:
+        self._request = request
+        self._max_body = max_body
+        self.method = request.method
+        self.path = request.path
+        self.headers = request.headers
+
+    async def read(self) -> bytes:
         try:
-            if keys:
-                _check_key(request.headers.get("Authorization"), keys)
-            return await handler(request, request_id)
-        except RequestFailed as exc:
-            return error_response(exc, _reply_headers(request_id, exc.attempts))
+            return await self._request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _too_large(max_body, request_id)
-        except Exception:
-            # A bug of ours: the client gets an id to quote, the log gets the traceback.
-            _log.exception("unhandled error", request_id=request_id, path=request.path)
-            return error_json(
-                500,
-                f"internal error (request id {request_id})",
-                "api_error",
-                headers={"x-request-id": request_id},
-            )
-
-    return guarded
+            raise too_large(self._max_body) from None
 
 
-def _check_key(header: str | None, keys: tuple[bytes, ...]) -> None:
-    if not header:
-        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
-    if not bearer_matches(header, keys):
-        raise Unauthorized("invalid API key", code="invalid_api_key")
+async def _serve(request: web.Request, *, handler: Handler, max_body: int) -> web.StreamResponse:
+    reply = await handler(_Incoming(request, max_body))
+    if reply.stream is None:
+        response = _web(reply)
+        if reply.status == 413:
+            # The client may still be sending the rest: it should not send another request on this one.
+            response.force_close()
+        return response
+    return await _stream(request, reply, reply.stream)
 
 
-async def _json_endpoint(request: web.Request, request_id: str, *, endpoint: Endpoint) -> web.StreamResponse:
-    router = request.app[ROUTER]
-    parsed = parse_json_request(endpoint, await request.read(), request.headers)
-    call = router.new_call(
-        endpoint,
-        model=parsed.model,
-        body=parsed.body,
-        content_type=parsed.content_type,
-        stream=parsed.stream,
-        prefs=parsed.prefs,
-        request_id=request_id,
-        max_output=parsed.max_output,
-        verify_sync=parsed.verify_sync,
-    )
-    reply = await router.dispatch(call)
-    if isinstance(reply, StreamReply):
-        return await _stream(request, reply, request_id)
-    return await _whole(router, reply, request_id, verify_sync=call.verify_sync)
-
-
-async def _transcription(request: web.Request, request_id: str) -> web.StreamResponse:
-    router = request.app[ROUTER]
-    parsed = parse_multipart_request(
-        await request.read(), request.headers.get("Content-Type", ""), request.headers
-    )
-    call = router.new_call(
-        Endpoint.TRANSCRIPTIONS,
-        model=parsed.model,
-        body=parsed.body,
-        content_type=parsed.content_type,
-        prefs=parsed.prefs,
-        request_id=request_id,
-        verify_sync=parsed.verify_sync,
-    )
-    reply = await router.dispatch(call)
-    assert isinstance(reply, Reply)
-    return await _whole(router, reply, request_id, verify_sync=call.verify_sync)
-
-
-async def _whole(router: Router, reply: Reply, request_id: str, *, verify_sync: bool) -> web.Response:
-    headers = _reply_headers(request_id, reply.attempts, reply.provider, reply.res_key)
-    headers["x-zg-verifiability"] = reply.verifiability or "none"
-    if verify_sync and (finding := await router.verdict(reply)) is not None:
-        headers["x-zg-verify"] = finding.outcome.value
-    headers["Content-Type"] = reply.content_type
-    if reply.cost is not None:
-        headers["x-zg-cost"] = str(reply.cost)
-    return web.Response(status=reply.status, body=reply.body, headers=headers)
-
-
-async def _stream(request: web.Request, reply: StreamReply, request_id: str) -> web.StreamResponse:
-    headers = _reply_headers(request_id, reply.attempts, reply.provider, reply.res_key)
-    headers["x-zg-verifiability"] = reply.verifiability or "none"
-    headers.update(
-        {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-    response = web.StreamResponse(headers=headers)
+async def _stream(request: web.Request, reply: CoreResponse, stream: StreamReply) -> web.StreamResponse:
+    response = web.StreamResponse(headers=reply.headers)
     try:
-        await response.prepare(request)
-        async for event in reply.events():
-            await response.write(event)
-        await response.write_eof()
+        with structlog.contextvars.bound_contextvars(request_id=reply.request_id):
+            await response.prepare(request)
+            async for event in stream.events():
+                await response.write(event)
+            await response.write_eof()
     except ConnectionError:
         # The client went away mid-stream; nobody is left to tell. The slot is freed below.
         pass
     finally:
-        await reply.aclose()
+        await stream.aclose()
     return response
-
-
-def _reply_headers(
-    request_id: str, attempts: int, provider: str | None = None, res_key: str | None = None
-) -> dict[str, str]:
-    headers = {"x-request-id": request_id, "x-zg-attempts": str(attempts)}
-    if provider is not None:
-        headers["x-zg-provider"] = provider
-    if res_key:
-        # Our name for it, and the broker's own, which the 0G SDKs' verification looks for.
-        headers["x-zg-chat-id"] = headers["zg-res-key"] = res_key
-    return headers
-
-
-async def _models(request: web.Request, request_id: str) -> web.StreamResponse:
-    data = request.app[ROUTER].models()
-    return web.json_response({"object": "list", "data": data}, headers={"x-request-id": request_id})
 
 
 def make_metrics_app(registry: CollectorRegistry) -> web.Application:
     """``/metrics`` alone, for a port of its own."""
     app = web.Application()
     app.router.add_get("/metrics", functools.partial(_metrics, registry=registry))
-    app.router.add_route("*", "/{tail:.*}", functools.partial(_not_found, ours={"/metrics"}))
+    app.router.add_route("*", "/{tail:.*}", functools.partial(_not_found, ours=_METRICS_ONLY))
     return app
 
 
@@ -472,43 +379,7 @@ async def _metrics(request: web.Request, *, registry: CollectorRegistry) -> web.
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    router = request.app[ROUTER]
-    now = router.now()
-    providers = list(router.pool)
-    available = sum(1 for state in providers if state.available(now))
-    body = {
-        "status": "ready" if available else "not_ready",
-        "providers": len(providers),
-        "available": available,
-    }
-    return web.json_response(body, status=200 if available else 503)
-
-
-async def _not_found(request: web.Request, *, ours: set[str]) -> web.Response:
-    headers = {"x-request-id": _request_id(request)}
-    if request.path in ours or request.path.startswith(_OUR_PREFIXES):
-        return error_json(
-            405,
-            f"{request.method} is not allowed on {request.path}",
-            "invalid_request_error",
-            code="method_not_allowed",
-            headers=headers,
-        )
-    return error_json(
-        404,
-        f"no route {request.method} {request.path}",
-        "invalid_request_error",
-        code="not_found",
-        headers=headers,
-    )
-
-
-def _request_id(request: web.BaseRequest) -> str:
-    """The client's ``X-Request-Id`` if it is sane (short, no odd characters), else a new one."""
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+async def _not_found(
+    request: web.Request, *, ours: frozenset[str], prefixes: tuple[str, ...] = ()
+) -> web.Response:
+    return _web(not_found(request, ours, prefixes))

@@ -16,7 +16,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.chain.wallet import recover_personal
 from router.pool.trust import Outcome
 
 
@@ -42,6 +41,9 @@ def judge(record: object, *, signer: str, request: bytes, response_part: str) ->
     fields = text.split(":")
     if len(fields) < 2:
         return Finding(Outcome.FAILED, "the signed text is not request-hash:response-hash")
+    # Only chain providers sign: a router of static upstreams never loads eth_account.
+    from router.chain.wallet import recover_personal
+
     recovered = recover_personal(text, signature)
     if recovered is None:
         return Finding(Outcome.FAILED, "the signature is malformed")

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from router import Router, RouterConfig
 from router.chain.client import ChainClient
 from router.chain.networks import DEVNET
 from router.devnet import USER_KEY_INDEX, dev_private_key
@@ -83,7 +84,8 @@ class TestDevnetCommand:
     async def test_json_summary_matches_the_chain_and_sigint_stops_cleanly(
         self, node_modules: NodeModules
     ) -> None:
-        """--json prints one line the chain agrees with; SIGINT exits 0 and frees the anvil port."""
+        """--json prints one line the chain agrees with, from which ``RouterConfig.for_devnet`` builds a
+        router that serves a chat; SIGINT exits 0 and frees the anvil port."""
         async with zg_router(
             node_modules,
             "devnet",
@@ -124,6 +126,9 @@ class TestDevnetCommand:
                         assert (await models.json())["data"][0]["id"] == printed["model"]
                     async with http.get(printed["admin_url"] + "/admin/faults") as faults:
                         assert (await faults.json())["down"] is False
+            async with Router(RouterConfig.for_devnet(line)) as router:
+                reply = await router.chat(model="b", messages=[{"role": "user", "content": "hi"}])
+                assert reply["choices"][0]["message"]["content"]
 
             stderr = await stop(process, group=False)
             assert process.returncode == 0, stderr.decode(errors="replace")

@@ -69,21 +69,45 @@ async def test_devnet_serve_json_line_gives_a_working_gateway(node_modules: Node
     await assert_port_refuses(gateway["url"])
 
 
-async def test_devnet_serve_prints_a_curl_line_and_snippet_that_work(node_modules: NodeModules) -> None:
-    """The readable output (what ``make demo`` shows) has a curl command and an openai snippet for the
-    gateway's port and key."""
+async def _bash(script: str) -> str:
+    """Run ``script`` as a user's pasted shell input (stopping at the first failing command); its stdout."""
+    shell = await asyncio.create_subprocess_exec(
+        "bash", "-e", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        out, err = await shell.communicate()
+    assert shell.returncode == 0, f"{script}\n---\n{err.decode(errors='replace')}"
+    assert not err, err.decode(errors="replace")
+    return out.decode()
+
+
+def _between(text: str, start: str, end: str) -> str:
+    return text[text.index(start) + len(start) : text.index(end)]
+
+
+async def test_devnet_serve_prints_commands_that_run_when_pasted(node_modules: NodeModules) -> None:
+    """The readable output (what ``make demo`` shows) is shell input that runs as printed: the curl
+    line and the openai snippet (a heredoc that closes, Python without indentation) each print the
+    model's reply, and the balance command shows the user's ledger, all at the gateway's port and key."""
     port = _free_port()
     args = ("devnet", "--serve", "--providers", "1", "--gateway-port", str(port), "--api-key", API_KEY)
     async with zg_router(node_modules, *args) as process:
         assert process.stdout is not None
-        text = (await read_until(process.stdout, b"print(reply")).decode()
+        text = (await read_until(process.stdout, b"Prometheus metrics")).decode()
         url = f"http://127.0.0.1:{port}/v1"
-        assert f"curl -s {url}/chat/completions" in text
-        assert f'OpenAI(base_url="{url}", api_key="{API_KEY}")' in text
-        curl = text[text.index("curl -s") : text.index("}'", text.index("curl -s")) + 2].replace("\\\n", " ")
-        shell = await asyncio.create_subprocess_shell(curl, stdout=asyncio.subprocess.PIPE)
-        out, _ = await shell.communicate()
-        assert json.loads(out)["choices"][0]["message"]["content"]
+        tried = _between(text, "paste into a shell:\n", "\nBalances and providers")
+        curl, snippet = tried.strip().split("\n\n")
+        assert curl.startswith(f"curl -s {url}/chat/completions -H 'Authorization: Bearer {API_KEY}'")
+        assert f'OpenAI(base_url="{url}", api_key="{API_KEY}")' in snippet
+        assert json.loads(await _bash(curl))["choices"][0]["message"]["content"]
+        assert (await _bash(snippet)).strip()
+        balance = (
+            _between(text, "\nBalances and providers", "\nPrometheus metrics").split(":\n", 1)[1].strip()
+        )
+        assert balance.startswith(f"ZG_ROUTER_URL=http://127.0.0.1:{port} ZG_ROUTER_ADMIN_KEY=")
+        shown = await _bash(balance)
+        assert shown.startswith("wallet  0x"), shown
+        assert "1 provider(s) funded" in shown
         await stop(process, group=True)
 
 

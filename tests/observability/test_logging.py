@@ -20,12 +20,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from router import core as gateway_app
 from router.chain.session import mint_session_token
 from router.chain.wallet import Wallet
 from router.errors import ConfigError
 from router.observability.events import AttemptFailed, RequestFinished, Verified, WatcherProgress
 from router.observability.logging import REDACTED, LogObserver, Redactor, configure_logging
-from router.server import app as gateway_app
 
 KEY = "0x" + "4f3edf983ac636a65a842ce7c78d9aa706d3b113bce9c46f30d7d21715b23b1d"
 API_KEY = "sk-gw-" + "Zx81Qa0Lm3" * 3

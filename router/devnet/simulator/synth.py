@@ -120,7 +120,9 @@ def complete(request: dict[str, Any]) -> Completion:
     words = [rng.choice(_WORDS) for _ in range(count)]
     prompt_tokens = sum(len(_text_of(m).split()) for m in request["messages"]) or 1
     tools = request.get("tools") or []
-    if tools:
+    # Like a real model, it answers in text once it has been handed a tool's result: agent loops end
+    # only on a text answer, so a tool call on every turn would never let one finish.
+    if tools and not _after_tool_result(request["messages"]):
         name = tools[0].get("function", {}).get("name", "tool")
         call = {
             "id": "call_" + seed.hex()[:24],
@@ -177,6 +179,10 @@ def stream_events(completion: Completion, *, chat_id: str, model: str) -> list[b
 
 def _sse(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _after_tool_result(messages: list[Any]) -> bool:
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
 
 
 def _text_of(message: Any) -> str:

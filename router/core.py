@@ -1,0 +1,286 @@
+"""The face-neutral core: one request in (method, path, headers, a way to read the body), one reply out
+(status, headers, and a body or a stream). Every face (the aiohttp gateway, the in-process httpx
+transports) serves through ``Core``, so request ids, gateway keys, errors, receipts and ``Retry-After``
+are the same whichever way a request came in; a face only converts between its own types and these.
+
+    core = Core(router, api_keys=("sk-…",))
+    reply = await core.handle(request)   # any object with method, path, headers and ``async read()``
+    if reply.stream is not None:         # a StreamReply: iterate ``events()``, then ``aclose()`` it
+        ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
+
+import structlog
+
+from router.client import Router
+from router.errors import InvalidRequest, RequestFailed, Unauthorized, UpstreamRejected, clipped
+from router.replies import Endpoint, Reply, StreamReply
+from router.wire import bearer_matches, parse_json_request, parse_multipart_request
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_JSON = "application/json; charset=utf-8"
+_STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_HEALTHY = json.dumps({"status": "ok"}).encode()
+_log = structlog.get_logger("router.gateway")
+
+
+class Request(Protocol):
+    """What the core reads of a request. ``headers`` look up names case-insensitively (as aiohttp's and
+    httpx's do); ``read`` returns the whole body, or raises ``RequestFailed`` (a 413 past the face's
+    limit)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+
+class Response:
+    """A reply for a face to write: ``body``, or (for a stream) ``stream``, whose ``events()`` the face
+    relays and whose ``aclose()`` it must await in the end, however the stream ends: that frees the
+    provider slot. ``request_id`` is None for the unguarded probes (``/healthz``, ``/readyz``)."""
+
+    __slots__ = ("body", "headers", "request_id", "status", "stream")
+
+    def __init__(
+        self,
+        status: int,
+        headers: dict[str, str],
+        body: bytes = b"",
+        *,
+        stream: StreamReply | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.stream = stream
+        self.request_id = request_id
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+_Inner = Callable[[Request, str], Awaitable[Response]]
+
+
+class Core:
+    """Every route of the gateway's OpenAI API over ``router``: ``routes[path][method]`` for a face that
+    routes itself, ``handle`` for one that does not. ``api_keys`` empty means no gateway key is asked
+    for. ``face_paths`` and ``face_prefixes`` are routes the face serves itself (admin, metrics): a wrong
+    method on them is a 405 here, as on ours."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        api_keys: Iterable[str] = (),
+        face_paths: Iterable[str] = (),
+        face_prefixes: tuple[str, ...] = (),
+    ) -> None:
+        self._router = router
+        self._keys = tuple(key.encode() for key in api_keys)
+        guarded = self._guarded
+        self.routes: dict[str, dict[str, Handler]] = {
+            f"/v1{e.path}": {"POST": guarded(self._json_endpoint(e))}
+            for e in (Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES)
+        }
+        self.routes["/v1/audio/transcriptions"] = {"POST": guarded(self._transcription)}
+        self.routes["/v1/models"] = {"GET": guarded(self._models)}
+        self.routes["/healthz"] = {"GET": self._healthz}
+        self.routes["/readyz"] = {"GET": self._readyz}
+        self.ours = frozenset(self.routes) | frozenset(face_paths)
+        self.prefixes = face_prefixes
+
+    async def handle(self, request: Request) -> Response:
+        """The reply to ``request``, on any path and method (404 and 405 included)."""
+        methods = self.routes.get(request.path)
+        handler = methods.get(request.method) if methods is not None else None
+        if handler is None:
+            return self.not_found(request)
+        return await handler(request)
+
+    def not_found(self, request: Request) -> Response:
+        """A 405 for a wrong method on one of our paths, else a 404."""
+        return not_found(request, self.ours, self.prefixes)
+
+    def _guarded(self, handler: _Inner) -> Handler:
+        """Request id, gateway API key, and errors rendered the OpenAI way, around ``handler``."""
+        keys = self._keys
+
+        async def guarded(request: Request) -> Response:
+            rid = request_id(request.headers)
+            # Every log line written while this request is served carries its id.
+            with structlog.contextvars.bound_contextvars(request_id=rid):
+                try:
+                    if keys:
+                        _check_key(request.headers.get("Authorization"), keys)
+                    return await handler(request, rid)
+                except RequestFailed as exc:
+                    return failure(exc, rid)
+                except Exception:
+                    # A bug of ours: the client gets an id to quote, the log gets the traceback.
+                    _log.exception("unhandled error", request_id=rid, path=request.path)
+                    return error_reply(
+                        500, f"internal error (request id {rid})", "api_error", None, {"x-request-id": rid}
+                    )
+
+        return guarded
+
+    def _json_endpoint(self, endpoint: Endpoint) -> _Inner:
+        router = self._router
+
+        async def serve(request: Request, rid: str) -> Response:
+            parsed = parse_json_request(endpoint, await request.read(), request.headers)
+            call = router.new_call(
+                endpoint,
+                model=parsed.model,
+                body=parsed.body,
+                content_type=parsed.content_type,
+                stream=parsed.stream,
+                prefs=parsed.prefs,
+                request_id=rid,
+                max_output=parsed.max_output,
+                verify_sync=parsed.verify_sync,
+            )
+            reply = await router.dispatch(call)
+            if isinstance(reply, StreamReply):
+                headers = receipt_headers(rid, reply.attempts, reply.provider, reply.res_key)
+                headers["x-zg-verifiability"] = reply.verifiability or "none"
+                headers.update(_STREAM_HEADERS)
+                return Response(200, headers, stream=reply, request_id=rid)
+            return await self._whole(reply, rid, verify_sync=call.verify_sync)
+
+        return serve
+
+    async def _transcription(self, request: Request, rid: str) -> Response:
+        router = self._router
+        parsed = parse_multipart_request(
+            await request.read(), request.headers.get("Content-Type", ""), request.headers
+        )
+        call = router.new_call(
+            Endpoint.TRANSCRIPTIONS,
+            model=parsed.model,
+            body=parsed.body,
+            content_type=parsed.content_type,
+            prefs=parsed.prefs,
+            request_id=rid,
+            verify_sync=parsed.verify_sync,
+        )
+        reply = await router.dispatch(call)
+        assert isinstance(reply, Reply)
+        return await self._whole(reply, rid, verify_sync=call.verify_sync)
+
+    async def _whole(self, reply: Reply, rid: str, *, verify_sync: bool) -> Response:
+        headers = receipt_headers(rid, reply.attempts, reply.provider, reply.res_key)
+        headers["x-zg-verifiability"] = reply.verifiability or "none"
+        if verify_sync and (finding := await self._router.verdict(reply)) is not None:
+            headers["x-zg-verify"] = finding.outcome.value
+        headers["Content-Type"] = reply.content_type
+        if reply.cost is not None:
+            headers["x-zg-cost"] = str(reply.cost)
+        return Response(reply.status, headers, reply.body, request_id=rid)
+
+    async def _models(self, request: Request, rid: str) -> Response:
+        body = json.dumps({"object": "list", "data": self._router.models()}).encode()
+        return Response(200, {"x-request-id": rid, "Content-Type": _JSON}, body, request_id=rid)
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(200, {"Content-Type": _JSON}, _HEALTHY)
+
+    async def _readyz(self, request: Request) -> Response:
+        router = self._router
+        now = router.now()
+        providers = list(router.pool)
+        available = sum(1 for state in providers if state.available(now))
+        body = {
+            "status": "ready" if available else "not_ready",
+            "providers": len(providers),
+            "available": available,
+        }
+        return Response(200 if available else 503, {"Content-Type": _JSON}, json.dumps(body).encode())
+
+
+def not_found(request: Request, ours: frozenset[str], prefixes: tuple[str, ...] = ()) -> Response:
+    """A 405 for a wrong method on a path in ``ours`` (or under one of ``prefixes``), else a 404."""
+    headers = {"x-request-id": request_id(request.headers)}
+    # Both are the client's: quoted cut short, so a 4,000-character path is no 4,000-character error.
+    method, path = clipped(request.method, 20, quote=False), clipped(request.path, quote=False)
+    if request.path in ours or request.path.startswith(prefixes):
+        return error_reply(
+            405, f"{method} is not allowed on {path}", "invalid_request_error", "method_not_allowed", headers
+        )
+    return error_reply(404, f"no route {method} {path}", "invalid_request_error", "not_found", headers)
+
+
+def _check_key(header: str | None, keys: tuple[bytes, ...]) -> None:
+    if not header:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
+    if not bearer_matches(header, keys):
+        raise Unauthorized("invalid API key", code="invalid_api_key")
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's ``X-Request-Id`` if it is sane (short, no odd characters), else a new one."""
+    given = headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def receipt_headers(
+    rid: str, attempts: int, provider: str | None = None, res_key: str | None = None
+) -> dict[str, str]:
+    headers = {"x-request-id": rid, "x-zg-attempts": str(attempts)}
+    if provider is not None:
+        headers["x-zg-provider"] = provider
+    if res_key:
+        # Our name for it, and the broker's own, which the 0G SDKs' verification looks for.
+        headers["x-zg-chat-id"] = headers["zg-res-key"] = res_key
+    return headers
+
+
+def failure(error: RequestFailed, rid: str) -> Response:
+    """The OpenAI error for ``error``, with its status, its headers (``Retry-After`` on 429/503) and our
+    receipts; a provider's own rejection passes through as it came."""
+    headers = {**error.headers, **receipt_headers(rid, error.attempts)}
+    if isinstance(error, UpstreamRejected):
+        headers["Content-Type"] = error.content_type
+        return Response(error.status, headers, error.body, request_id=rid)
+    return error_reply(error.status, error.message, error.type, error.code, headers, error.param)
+
+
+def error_reply(
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    headers: dict[str, str],
+    param: str | None = None,
+) -> Response:
+    """An OpenAI-shaped JSON error; ``headers`` (the caller's own dict) gains its Content-Type."""
+    body = json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+    headers["Content-Type"] = _JSON
+    return Response(status, headers, body, request_id=headers.get("x-request-id"))
+
+
+def too_large(max_body: int) -> InvalidRequest:
+    """What a body over the face's limit of ``max_body`` bytes is told (413)."""
+    return InvalidRequest(
+        f"the request body is larger than the gateway's limit of {max_body} bytes",
+        status=413,
+        code="request_too_large",
+    )
