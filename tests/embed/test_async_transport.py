@@ -21,18 +21,10 @@ from router.devnet.simulator import synth
 from router.embed.sdk import BASE_URL
 from router.replies import Endpoint
 from tests.gateway.conftest import CHAT_MODEL, CHAT_PROVIDERS
-from tests.gateway.support import HEX_ID, TIMEOUT, WAV
+from tests.gateway.support import HEX_ID, TIMEOUT, WAV, WEATHER_TOOL
+from tests.gateway.support import TALK as MESSAGES
 
 HOST = BASE_URL.removesuffix("/v1")
-MESSAGES: list[Any] = [{"role": "user", "content": "tell me about the network"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 class Answer(pydantic.BaseModel):

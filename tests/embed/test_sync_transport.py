@@ -26,17 +26,8 @@ from router.devnet import Devnet
 from router.devnet.simulator import synth
 from router.errors import ChainUnavailable, RouterError
 from tests.gateway.conftest import CHAT_MODEL, CHAT_PROVIDERS
-from tests.gateway.support import HEX_ID, TIMEOUT, WAV
-
-MESSAGES: list[Any] = [{"role": "user", "content": "tell me about the network"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
+from tests.gateway.support import HEX_ID, TIMEOUT, WAV, WEATHER_TOOL
+from tests.gateway.support import TALK as MESSAGES
 
 
 class Answer(pydantic.BaseModel):

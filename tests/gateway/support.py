@@ -85,3 +85,15 @@ def transcription_form(**fields: Any) -> aiohttp.FormData:
         else:
             form.add_field(name, value)
     return form
+
+
+# A question the simulated model answers at length, and a tool it can be asked to call.
+TALK: list[Any] = [{"role": "user", "content": "tell me about the network"}]
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}

@@ -20,17 +20,8 @@ from tests.gateway.conftest import (
     Served,
     ServeFactory,
 )
-from tests.gateway.support import HEX_ID, TIMEOUT, WAV
-
-MESSAGES: list[Any] = [{"role": "user", "content": "tell me about the network"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
+from tests.gateway.support import HEX_ID, TIMEOUT, WAV, WEATHER_TOOL
+from tests.gateway.support import TALK as MESSAGES
 
 
 def chat_addresses(served: Served) -> set[str]:
