@@ -77,6 +77,9 @@ _TOKEN_SHAPES = re.compile(
     r"|\b(?:sk|zg-admin|gw-key|admin-key)-[A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]{14,}"
 )
 _DEV_KEY_INDEXES = (*range(24), *range(1000, 1024))
+# Runs of hex long enough to hold a private key: each 64-digit window of one is looked up, so a check costs
+# the length of the text, not the number of keys the session has made (hundreds: one wallet per test).
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{64,}")
 
 
 @dataclass
@@ -105,11 +108,17 @@ class SecretWatch:
 
     def check(self, text: str, where: str) -> None:
         lowered = text.lower()
-        found = [(bare, label) for bare, label in list(self._keys.items()) if bare in lowered]
+        keys = self._keys
+        found = {
+            (window, keys[window])
+            for run in _HEX_RUN.finditer(lowered)
+            for offset in range(run.start(), run.end() - 63)
+            if (window := lowered[offset : offset + 64]) in keys
+        }
         shapes = list(_TOKEN_SHAPES.finditer(text))
         if not found and not shapes:
             return
-        start = lowered.find(found[0][0]) if found else shapes[0].start()
+        start = min(lowered.find(bare) for bare, _ in found) if found else shapes[0].start()
         masked = text
         for bare, label in found:
             masked = re.sub(f"(?i)(?:0x)?{bare}", f"<{label}>", masked)
