@@ -4,15 +4,12 @@ fault knob."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
-from router.devnet import Devnet
 from router.devnet.simulator.faults import Faults
-from tests.support import Client, chat_body, funded_client
+from tests.support import Client, chat_body
 
 # (id, the fields that replace or join a valid chat body's, the param the model server names)
 BAD_FIELDS = [
@@ -28,16 +25,6 @@ BAD_FIELDS = [
     ("stream-options-string", {"stream": True, "stream_options": "x"}, "stream_options"),
     ("message-not-an-object", {"messages": ["hello"]}, "messages.0"),
 ]
-
-
-@pytest.fixture
-async def client(fresh_devnet: Devnet, http: aiohttp.ClientSession) -> AsyncIterator[Client]:
-    """A funded wallet on provider 2 (the roomy RPM bucket); its knobs are reset after the test."""
-    funded = await funded_client(fresh_devnet, http, provider_index=2)
-    try:
-        yield funded
-    finally:
-        await funded.provider.simulator.set_faults(Faults())
 
 
 @pytest.mark.parametrize(

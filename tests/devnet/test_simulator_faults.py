@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -22,16 +21,6 @@ from router.devnet.simulator.faults import FaultPlan, Faults
 from router.devnet.simulator.server import ProviderSimulator
 from router.errors import ConfigError
 from tests.support import CHAT, Client, assert_port_refuses, chat_body, funded_client
-
-
-@pytest.fixture
-async def client(fresh_devnet: Devnet, http: aiohttp.ClientSession) -> AsyncIterator[Client]:
-    """A funded wallet on provider 2; its simulator's knobs are reset after the test."""
-    funded = await funded_client(fresh_devnet, http, provider_index=2)
-    try:
-        yield funded
-    finally:
-        await funded.provider.simulator.set_faults(Faults())
 
 
 async def set_knobs(client: Client, **knobs: Any) -> dict[str, Any]:
