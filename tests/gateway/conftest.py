@@ -5,6 +5,7 @@ A new wallet per test keeps the providers' per-wallet limits and counters apart 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -98,9 +99,13 @@ async def serve(gateway_devnet: Devnet) -> AsyncIterator[ServeFactory]:
     """``await serve(**dispatch_options)``: a router and gateway for a new funded wallet (``health=`` a
     HealthPolicy replaces the fast-cooling default).
 
-    Every provider's faults are reset afterwards.
+    Every provider's faults are reset afterwards. The test process's heap (the whole suite's, simulators
+    included) is frozen out of the garbage collector meanwhile: a full collection of it stalls the one
+    loop that runs router and providers alike, and a stalled loop delivers admitted requests to a
+    provider in a bunch, which no production router (a small heap, providers elsewhere) sees.
     """
     opened: list[tuple[Router, Gateway]] = []
+    gc.freeze()
     async with aiohttp.ClientSession() as http:
 
         async def start(health: HealthPolicy | None = None, **dispatch: Any) -> Served:
@@ -116,6 +121,7 @@ async def serve(gateway_devnet: Devnet) -> AsyncIterator[ServeFactory]:
         try:
             yield start
         finally:
+            gc.unfreeze()
             for router, gateway in reversed(opened):
                 await gateway.__aexit__(None, None, None)
                 await router.__aexit__(None, None, None)
