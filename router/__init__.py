@@ -23,7 +23,10 @@ _EXPORTS = {
     "DevnetConfig": "router.devnet.network",
     "DiscoveryOptions": "router.config",
     "DispatchOptions": "router.config",
-    "Endpoint": "router.replies",
+    "Endpoint": "router.endpoints",
+    "FakeReply": "router.transport.fake",
+    "FakeRequest": "router.transport.fake",
+    "FakeTransport": "router.transport.fake",
     "Gateway": "router.server.app",
     "GatewayConfig": "router.config",
     "HealthPolicy": "router.pool.health",
@@ -32,6 +35,8 @@ _EXPORTS = {
     "MoneyOptions": "router.config",
     "Network": "router.chain.networks",
     "NoProviderAvailable": "router.errors",
+    "ProviderTransport": "router.transport.base",
+    "Request": "router.request",
     "RequestFailed": "router.errors",
     "Router": "router.client",
     "RouterConfig": "router.config",
@@ -45,6 +50,7 @@ _EXPORTS = {
     "VerifyOptions": "router.verify.verifier",
     "load_config": "router.config",
     "network_by_name": "router.chain.networks",
+    "parse_payload": "router.request",
 }
 
 __all__ = [
@@ -56,6 +62,9 @@ __all__ = [
     "DiscoveryOptions",
     "DispatchOptions",
     "Endpoint",
+    "FakeReply",
+    "FakeRequest",
+    "FakeTransport",
     "Gateway",
     "GatewayConfig",
     "HealthPolicy",
@@ -64,6 +73,8 @@ __all__ = [
     "MoneyOptions",
     "Network",
     "NoProviderAvailable",
+    "ProviderTransport",
+    "Request",
     "RequestFailed",
     "Router",
     "RouterConfig",
@@ -77,6 +88,7 @@ __all__ = [
     "VerifyOptions",
     "load_config",
     "network_by_name",
+    "parse_payload",
 ]
 
 if TYPE_CHECKING:
@@ -92,6 +104,7 @@ if TYPE_CHECKING:
         load_config,
     )
     from router.devnet.network import Devnet, DevnetConfig
+    from router.endpoints import Endpoint
     from router.errors import (
         AllAttemptsFailed,
         ChainError,
@@ -107,8 +120,10 @@ if TYPE_CHECKING:
     )
     from router.policy.select import Strategy
     from router.pool.health import HealthPolicy
-    from router.replies import Endpoint
+    from router.request import Request, parse_payload
     from router.server.app import Gateway
+    from router.transport.base import ProviderTransport
+    from router.transport.fake import FakeReply, FakeRequest, FakeTransport
     from router.transport.http import TransportOptions
     from router.verify.verifier import VerifyOptions
 

@@ -17,6 +17,7 @@ from router.errors import RouterError
 
 DEFAULT_DEVNET_PROVIDERS = 3
 MAX_DEVNET_PROVIDERS = 50
+MAX_DEVNET_WALLETS = 10
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "devnet",
         help="run a local chain with the real 0G contracts and registered providers",
         description="Start anvil, deploy the 0G contracts at the SDKs' devnet addresses, register "
-        "providers and fund a user; run until interrupted (Ctrl-C), then clean up.",
+        "providers and fund its users; run until interrupted (Ctrl-C), then clean up.",
     )
     devnet.add_argument(
         "--providers", type=_provider_count, default=DEFAULT_DEVNET_PROVIDERS, help="how many (1-50)"
@@ -69,6 +70,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NEURON",
         help="price per completion token in neuron; repeat to vary per provider (cycled)",
     )
+    devnet.add_argument(
+        "--wallets",
+        type=_wallet_count,
+        default=1,
+        metavar="N",
+        help=f"how many funded users (1-{MAX_DEVNET_WALLETS}), each with a ledger and a sub-account at "
+        "every provider; the gateway of --serve spends from all of them (default 1)",
+    )
+    for flag, kind, what in (
+        ("--rpm", _positive_int, "requests per minute per wallet (default 30)"),
+        ("--burst", _positive_int, "requests a wallet may send back to back (default 5)"),
+        ("--max-concurrent", _positive_int, "requests a wallet may have in flight (default 5)"),
+        ("--tpm", _non_negative_int, "tokens per minute per wallet; 0 = off (default)"),
+        ("--ipm", _non_negative_int, "images per minute per wallet; 0 = off (default)"),
+        ("--global-concurrent", _positive_int, "requests in flight, all wallets together (default 20)"),
+    ):
+        devnet.add_argument(flag, type=kind, metavar="N", help=f"every provider's limit: {what}")
     devnet.add_argument(
         "--port", type=_non_negative_int, default=0, help="anvil's port (default: any free port)"
     )
@@ -97,8 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the OpenAI-compatible gateway over a 0G network",
         description="Serve the gateway. Configuration: a TOML file (--config or ZG_ROUTER_CONFIG), then "
-        "ZG_ROUTER_* variables: ZG_ROUTER_NETWORK, ZG_ROUTER_RPC_URLS, ZG_ROUTER_PRIVATE_KEY or "
-        "ZG_ROUTER_PRIVATE_KEY_FILE, ZG_ROUTER_API_KEYS, ZG_ROUTER_ADMIN_KEYS, ZG_ROUTER_HOST, "
+        "ZG_ROUTER_* variables: ZG_ROUTER_NETWORK, ZG_ROUTER_RPC_URLS, one wallet's key in "
+        "ZG_ROUTER_PRIVATE_KEY or ZG_ROUTER_PRIVATE_KEY_FILE, or several wallets' in ZG_ROUTER_PRIVATE_KEYS "
+        "(comma-separated) or ZG_ROUTER_WALLET_KEY_FILES (paths separated by ':'), ZG_ROUTER_API_KEYS, "
+        "ZG_ROUTER_ADMIN_KEYS, ZG_ROUTER_HOST, "
         "ZG_ROUTER_PORT, ZG_ROUTER_METRICS_HOST, ZG_ROUTER_METRICS_PORT, ZG_ROUTER_LOG_FORMAT.",
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
@@ -108,9 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_run_serve)
 
     for name, summary in (
-        ("balance", "the wallet's ledger and every provider sub-account (balance, available, unsettled)"),
+        ("balance", "each wallet's ledger and provider sub-accounts (balance, available, unsettled)"),
         ("providers", "the pool: models, limits, health and our balance at each provider"),
-        ("fund", "move 0G from the ledger to a provider's sub-account"),
+        ("fund", "move 0G from a wallet's ledger to its sub-account at a provider"),
         ("refund", "queue refunds of provider sub-accounts (and stop funding them)"),
         ("verify", "the TEE verdict on a past response, by its chat id (the x-zg-chat-id header)"),
     ):
@@ -126,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "fund":
             admin.add_argument("--provider", required=True, help="the provider's address")
             admin.add_argument("--amount", required=True, help="how much 0G, such as 1.5")
+            admin.add_argument(
+                "--wallet",
+                metavar="ADDRESS",
+                help="the wallet that pays (needed when the gateway has several)",
+            )
         if name == "verify":
             admin.add_argument("chat_id", metavar="CHAT-ID", help="the response's x-zg-chat-id")
         if name == "refund":
@@ -136,7 +161,12 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="ADDRESS",
                 help="a provider to refund; repeat for more (default: every funded provider)",
             )
-        admin.set_defaults(run=_run_admin, command=name)
+            admin.add_argument(
+                "--wallet",
+                metavar="ADDRESS",
+                help="refund this wallet's sub-accounts only (default: every wallet's)",
+            )
+        admin.set_defaults(run=_run_admin, command=name, wallet=None)
     return parser
 
 
@@ -183,6 +213,20 @@ def _provider_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_DEVNET_PROVIDERS:
         raise argparse.ArgumentTypeError(f"must be 1-{MAX_DEVNET_PROVIDERS}, got {value}")
+    return value
+
+
+def _wallet_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_DEVNET_WALLETS:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_DEVNET_WALLETS}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
 

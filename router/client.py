@@ -22,18 +22,20 @@ from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from router.config import RouterConfig
 from router.discovery import ALLOW_PRIVATE_TARGETS, Discovery, Prober, static_infos
 from router.dispatch import Dispatcher
-from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError
+from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError, clipped
 from router.money.report import balance_report, providers_report
 from router.observability.events import BreakerChanged, Event, Observer, RpcFailed
-from router.policy.select import NO_PREFERENCES, Preferences, parse_preferences
 from router.pool.accounting import Accounts
 from router.pool.admission import Admission
+from router.pool.capacity import MemoryCapacity
 from router.pool.catalog import model_catalog
-from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
-from router.replies import Call, Endpoint, Reply, StreamReply, max_output
+from router.pool.holds import AccountHolds
+from router.pool.providers import Exclusion, Lane, Pool, ProviderKind
+from router.replies import Reply, StreamReply
+from router.request import Call, Endpoint, Request, parse_payload
+from router.transport.base import ProviderTransport
 from router.transport.http import HttpTransport
 from router.types import TxResult
-from router.validate import validate_json
 from router.verify.check import Finding
 from router.verify.verifier import Verifier
 from router.verify.warmup import TrustWarmup
@@ -41,32 +43,36 @@ from router.verify.warmup import TrustWarmup
 if TYPE_CHECKING:
     import openai
 
+    from router.chain.client import ChainClient
     from router.chain.networks import Network
     from router.chain.session import SessionTokens
+    from router.chain.wallet import Wallet
     from router.core import Core
     from router.embed.thread import LoopThread
-    from router.money.balances import BalanceSync
-    from router.money.funder import Funder
-    from router.money.watcher import SettlementWatcher
+    from router.money.wallets import WalletServices
 
 
 class Router:
     """Routes OpenAI-compatible requests over the 0G providers and static upstreams in ``config``."""
 
-    def __init__(self, config: RouterConfig, *, observers: Sequence[Observer] = ()) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        observers: Sequence[Observer] = (),
+        transport: ProviderTransport | None = None,
+    ) -> None:
+        """``transport`` replaces the aiohttp one for every provider exchange (a ``FakeTransport`` in
+        tests); the router enters and closes it."""
         self.config = config
+        self._provider_transport = transport
         self._observers = list(observers)
         self._stack = AsyncExitStack()
         self._pool: Pool | None = None
         self._dispatcher: Dispatcher | None = None
         self._admission: Admission | None = None
-        self._tokens: SessionTokens | None = None
-        self._accounts: Accounts | None = None
-        self._funder: Funder | None = None
-        self._balances: BalanceSync | None = None
-        self._watcher: SettlementWatcher | None = None
+        self._wallets: tuple[WalletServices, ...] = ()
         self._verifier: Verifier | None = None
-        self.wallet_address: str | None = None
         self._core: Core | None = None  # the in-process faces' (router.embed), made on first use
         self._thread: LoopThread | None = None
         self._serving = False
@@ -102,23 +108,31 @@ class Router:
     async def _open(self) -> None:
         config = self.config
         clock = asyncio.get_running_loop().time
+        keys = config.wallet_keys if config.network is not None else ()
+        wallets = _wallets_of(keys)
+        capacity = MemoryCapacity(clock=clock, rate_margin=config.dispatch.rate_margin)
         pool = Pool(
             config.health,
             clock=clock,
-            rate_margin=config.dispatch.rate_margin,
+            capacity=capacity,
+            wallets=[wallet.address for wallet in wallets],
             on_breaker=lambda provider, state: self.emit(BreakerChanged(provider, state.value)),
         )
         pool.replace(ProviderKind.STATIC, static_infos(config.static_upstreams))
-        transport = await self._stack.enter_async_context(HttpTransport(config.transport))
-        admission = await self._stack.enter_async_context(Admission(clock=clock))
+        transport = await self._stack.enter_async_context(
+            self._provider_transport or HttpTransport(config.transport)
+        )
+        admission = await self._stack.enter_async_context(Admission(capacity, clock=clock))
         self._pool, self._admission = pool, admission
         verifier = self._verifier = Verifier(transport, config.verify, self.emit, clock=clock)
         background: list[Callable[[], Coroutine[Any, Any, None]]] = [
             functools.partial(Prober(pool, transport, config.discovery, self.emit).run, admission.wake),
             verifier.run,
         ]
+        holds = None
         if config.network is not None:
-            background += await self._open_chain(config.network, pool, transport, admission)
+            background += await self._open_chain(config.network, wallets, pool, transport, admission)
+            holds = AccountHolds({w.address.lower(): w.accounts for w in self._wallets})
         self._dispatcher = Dispatcher(
             pool,
             admission,
@@ -126,9 +140,10 @@ class Router:
             self._authorize,
             config.dispatch,
             self.emit,
+            holds=holds,
+            books=self._book,
             on_misconfigured=self._forget_token,
-            accounts=self._accounts,
-            on_unfunded=self._unfunded,
+            on_unfunded=lambda lane: self._unfunded(lane.wallet or "", lane.provider.id),
             default_max_tokens=config.money.default_max_tokens,
             verifier=verifier,
             max_ejection_percent=config.health.max_ejection_percent,
@@ -149,40 +164,78 @@ class Router:
         self._stack.callback(lambda: [task.cancel() for task in running])
 
     async def _open_chain(
-        self, network: Network, pool: Pool, transport: HttpTransport, admission: Admission
+        self,
+        network: Network,
+        wallets: Sequence[Wallet],
+        pool: Pool,
+        transport: ProviderTransport,
+        admission: Admission,
     ) -> list[Callable[[], Coroutine[Any, Any, None]]]:
-        """Chain providers and the wallet's money: discovery, balances, the watcher and the funder."""
+        """Chain providers and every wallet's money: discovery (once), and per wallet its chain client,
+        session tokens, balances, settlement watcher and funder."""
         # Here, not at module level: web3 takes about a second to import, and only a network needs it.
         from router.chain.client import ChainClient
         from router.chain.session import SessionTokens
-        from router.chain.wallet import Wallet
-        from router.money.balances import BalanceSync
-        from router.money.funder import Funder
-        from router.money.watcher import SettlementWatcher
 
-        config = self.config
-        money = config.money
-        assert config.private_key is not None
-        wallet = Wallet(config.private_key)
-        self.wallet_address = user = wallet.address
-        chain = await self._stack.enter_async_context(
-            ChainClient(network, wallet, on_rpc_error=lambda url, detail: self.emit(RpcFailed(url, detail)))
-        )
-        tokens = self._tokens = SessionTokens(chain)
+        def rpc_failed(url: str, detail: str) -> None:
+            self.emit(RpcFailed(url, detail))
+
+        chains = [
+            await self._stack.enter_async_context(ChainClient(network, wallet, on_rpc_error=rpc_failed))
+            for wallet in wallets
+        ]
+        tokens = [SessionTokens(chain) for chain in chains]
+
+        async def warm(provider: str) -> None:
+            await asyncio.gather(*(t.authorization(provider) for t in tokens))
+
         discovery = Discovery(
-            chain,
+            chains[0],
             transport,
             pool,
-            config.discovery,
-            allow_private=config.transport.allow_private_targets,
-            warm=tokens.authorization,
+            self.config.discovery,
+            allow_private=self.config.transport.allow_private_targets,
+            warm=warm,
             emit=self.emit,
         )
         await discovery.refresh()
         if discovery.refused_private:
             self._refused_at_open(network, discovery.refused_private, pool)
-        accounts = self._accounts = Accounts(low_water=money.fund_below_neuron)
-        funder = self._funder = Funder(
+        self._wallets = tuple(
+            await asyncio.gather(
+                *(
+                    self._open_wallet(network, chain, token, pool, transport, admission)
+                    for chain, token in zip(chains, tokens, strict=True)
+                )
+            )
+        )
+        background: list[Callable[[], Coroutine[Any, Any, None]]] = [discovery.run]
+        for services in self._wallets:
+            background += [services.balances.run, services.watcher.run, services.funder.run]
+        return background
+
+    async def _open_wallet(
+        self,
+        network: Network,
+        chain: ChainClient,
+        tokens: SessionTokens,
+        pool: Pool,
+        transport: ProviderTransport,
+        admission: Admission,
+    ) -> WalletServices:
+        """One wallet's book, balance sync, funder and watcher, synced and funded before the router
+        opens: new providers get their first funds before the first request."""
+        from router.money.balances import BalanceSync
+        from router.money.funder import Funder
+        from router.money.wallets import WalletServices
+        from router.money.watcher import SettlementWatcher
+
+        config = self.config
+        money = config.money
+        assert chain.wallet is not None
+        user = chain.wallet.address
+        accounts = Accounts(low_water=money.fund_below_neuron)
+        funder = Funder(
             chain,
             accounts,
             pool,
@@ -190,10 +243,10 @@ class Router:
             user=user,
             clock=admission.now,
             emit=self.emit,
-            on_funded=functools.partial(self._funded, admission),
+            on_funded=functools.partial(self._funded, user),
         )
         accounts.on_low = funder.wake
-        balances = self._balances = BalanceSync(
+        balances = BalanceSync(
             chain,
             transport,
             pool,
@@ -206,9 +259,8 @@ class Router:
             on_synced=funder.wake,
         )
         await balances.sync()
-        # The router opens ready: new providers get their first funds before the first request.
         await funder.cycle()
-        watcher = self._watcher = SettlementWatcher(
+        watcher = SettlementWatcher(
             chain,
             accounts,
             user=user,
@@ -219,7 +271,7 @@ class Router:
             on_settled=lambda _provider: balances.ask(),
             on_resync=balances.ask,
         )
-        return [discovery.run, balances.run, watcher.run, funder.run]
+        return WalletServices(user, chain, tokens, accounts, balances, watcher, funder)
 
     @staticmethod
     def _refused_at_open(network: Network, refused: int, pool: Pool) -> None:
@@ -255,9 +307,10 @@ class Router:
         return self._admission.queued if self._admission is not None else 0
 
     @property
-    def accounts(self) -> Accounts | None:
-        """The wallet's sub-accounts as the router counts them (None without a network)."""
-        return self._accounts
+    def wallets(self) -> tuple[WalletServices, ...]:
+        """Each configured wallet's services (its book, funder, balance sync, watcher), in config
+        order; empty without a network."""
+        return self._wallets
 
     def subscribe(self, observer: Observer) -> None:
         """Receive every event (requests, attempts, refreshes) from now on."""
@@ -268,36 +321,16 @@ class Router:
             observer(event)
 
     def new_call(
-        self,
-        endpoint: Endpoint,
-        *,
-        model: str,
-        body: bytes,
-        content_type: str = "application/json",
-        stream: bool = False,
-        prefs: Preferences = NO_PREFERENCES,
-        request_id: str | None = None,
-        timeout: float | None = None,
-        max_output: int | None = None,
-        verify_sync: bool = False,
+        self, request: Request, *, request_id: str | None = None, timeout: float | None = None
     ) -> Call:
-        """A ``Call`` with its deadline set from now (``timeout`` or the configured request timeout).
-        ``[verify] verified_only`` holds for every call, whatever its own preferences say."""
+        """``request`` (from ``router.request``'s parsers) put in flight: a new id unless given, a
+        deadline from now (``timeout`` or the configured request timeout). ``[verify] verified_only``
+        holds for every call, whatever the request's own preferences say."""
         budget = timeout if timeout is not None else self.config.dispatch.request_timeout
+        prefs = request.prefs
         if self.config.verify.verified_only and not prefs.verified_only:
             prefs = dataclasses.replace(prefs, verified_only=True)
-        return Call(
-            endpoint=endpoint,
-            model=model,
-            body=body,
-            content_type=content_type,
-            stream=stream,
-            prefs=prefs,
-            request_id=request_id or uuid.uuid4().hex,
-            deadline=self.now() + budget,
-            max_output=max_output,
-            verify_sync=verify_sync,
-        )
+        return Call(request, request_id or uuid.uuid4().hex, self.now() + budget, prefs)
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
         """Serve one call; raises ``RequestFailed`` (with the HTTP status it maps to) when it cannot."""
@@ -366,20 +399,15 @@ class Router:
     async def _json_call(
         self, endpoint: Endpoint, model: str, payload: dict[str, Any], *, stream: bool
     ) -> Reply | StreamReply:
-        prefs = parse_preferences(payload.pop("provider", None), {})
-        request = {"model": model, **payload}
-        # The gateway's checks: a field a provider would fail on is the caller's error, not the provider's.
-        validate_json(endpoint, request)
-        body = json.dumps(request).encode()
-        call = self.new_call(
-            endpoint,
-            model=model,
-            body=body,
-            stream=stream,
-            prefs=prefs,
-            max_output=max_output(endpoint, payload),
-        )
-        return await self.dispatch(call)
+        # The gateway's parser: a field a provider would fail on (or a wrong `provider` preference) is
+        # the caller's error, the same InvalidRequest the gateway answers.
+        request = parse_payload(endpoint, {"model": model, **payload})
+        if request.stream is not stream:
+            # chat(stream=True) would hand back a stream where a whole completion is promised.
+            raise InvalidRequest(
+                "`stream` must be false here: use stream_chat() for a streamed completion", param="stream"
+            )
+        return await self.dispatch(self.new_call(request))
 
     # -- in-process faces (router.embed) ----------------------------------------------------------
 
@@ -440,63 +468,136 @@ class Router:
 
     # -- provider credentials ---------------------------------------------------------------------
 
-    async def _authorize(self, info: ProviderInfo) -> str:
+    async def _authorize(self, lane: Lane) -> str:
+        info = lane.provider.info
         if info.kind is ProviderKind.STATIC:
             return f"Bearer {info.api_key}" if info.api_key else ""
-        assert self._tokens is not None
-        return await self._tokens.authorization(info.id)
+        return await self._services(lane.wallet).tokens.authorization(info.id)
 
-    def _forget_token(self, state: ProviderState) -> None:
-        if self._tokens is not None and state.info.kind is ProviderKind.CHAIN:
-            self._tokens.invalidate(state.id)
+    def _forget_token(self, lane: Lane) -> None:
+        if lane.wallet is not None:
+            self._services(lane.wallet).tokens.invalidate(lane.provider.id)
+
+    def _services(self, wallet: str | None) -> WalletServices:
+        """The services of a lane's wallet."""
+        services = self._wallet_of(wallet) if wallet is not None else None
+        if services is None:
+            raise RouterError(f"no wallet {wallet} is configured")
+        return services
+
+    def _book(self, wallet: str) -> Accounts | None:
+        """The sub-accounts of ``wallet`` (any case), if it is one of ours."""
+        services = self._wallet_of(wallet)
+        return services.accounts if services is not None else None
 
     # -- money ------------------------------------------------------------------------------------
 
     def balances(self) -> dict[str, Any]:
-        """The wallet's ledger, every sub-account (balance, available, unsettled, pending refund,
-        funding state) and the funding alerts."""
-        accounts = self._money_accounts()
-        block = self._watcher.cursor - 1 if self._watcher is not None else None
-        return balance_report(accounts, self.wallet_address or "", block)
+        """``{"wallets": [...]}``: for each wallet, in config order, its ledger, every sub-account
+        (balance, available, unsettled, pending refund, funding state) and its funding alerts."""
+        return {
+            "wallets": [
+                balance_report(w.accounts, w.address, w.watcher.cursor - 1) for w in self._money_wallets()
+            ]
+        }
 
     def providers(self) -> list[dict[str, Any]]:
-        """Every provider: models, prices, limits, health, in-flight, exclusions and our balance there."""
-        return providers_report(self.pool, self._accounts, self.now())
+        """Every provider: models, prices, limits, health, in-flight, exclusions and each wallet's balance
+        there (``balances``, by wallet address)."""
+        return providers_report(self.pool, {w.address: w.accounts for w in self._wallets}, self.now())
 
-    async def fund(self, provider: str, amount: int) -> TxResult:
-        """Move ``amount`` neuron from the ledger to ``provider``'s sub-account (through the funder, so it
-        never races an automatic top-up). Raises ``ChainError`` if the chain refuses, ``InvalidRequest``
-        (404) for a provider that is neither in the pool nor one we hold a sub-account at."""
-        self._money_accounts()
-        assert self._funder is not None
+    async def fund(self, provider: str, amount: int, *, wallet: str | None = None) -> TxResult:
+        """Move ``amount`` neuron from ``wallet``'s ledger to its sub-account at ``provider`` (through that
+        wallet's funder, so it never races an automatic top-up). ``wallet`` is an address in any case; a
+        router of one wallet needs none. Raises ``ChainError`` if the chain refuses, ``InvalidRequest``:
+        400 for no ``wallet`` when there are several, 404 for a wallet that is not configured
+        (``wallet_not_found``) or a provider that is neither in the pool nor one the wallet holds a
+        sub-account at."""
+        services = self._wallet(wallet, "fund from")
         if not 0 < amount < 2**256:
             raise InvalidRequest(f"cannot fund {amount} neuron: the amount must be positive", param="amount")
-        return await self._funder.fund(provider, amount)
+        return await services.funder.fund(provider, amount)
 
-    async def refund(self, providers: Sequence[str] | None = None) -> list[TxResult]:
-        """Queue refunds of ``providers`` (default: every funded one) and stop funding them; a second call
-        after the lock time releases matured refunds to the ledger."""
-        accounts = self._money_accounts()
-        assert self._funder is not None
-        chosen = list(providers) if providers is not None else [a.provider for a in accounts if a.exists]
-        return await self._funder.drain(chosen)
+    async def refund(
+        self, providers: Sequence[str] | None = None, *, wallet: str | None = None
+    ) -> dict[str, list[TxResult]]:
+        """Queue refunds and stop funding there; a second call after the lock time releases matured
+        refunds to the ledger. ``wallet`` (an address, any case) refunds that wallet's sub-accounts at
+        ``providers`` (default: every one it holds); with no ``wallet``, every wallet refunds those of
+        ``providers`` it holds a sub-account at (default: all of them). Returns each wallet's
+        transactions by its address. ``InvalidRequest`` (404), and nothing sent, for a wallet that is not
+        configured or a provider no wallet knows (neither in the pool nor holding our sub-account)."""
+        targets = (self._wallet(wallet, "refund"),) if wallet is not None else self._money_wallets()
+        if providers is not None and wallet is None:
+            unknown = [p for p in providers if not any(w.funder.known(p) for w in targets)]
+            if unknown:
+                names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
+                more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+                raise InvalidRequest(
+                    f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
+                    status=404,
+                    code="provider_not_found",
+                    param="providers",
+                )
+        results: dict[str, list[TxResult]] = {}
+        for services in targets:
+            held = {a.provider.lower(): a.provider for a in services.accounts if a.exists}
+            if providers is None:
+                picked = list(held.values())
+            elif wallet is not None:
+                picked = list(providers)
+            else:
+                picked = [p for p in providers if p.lower() in held]
+            results[services.address] = await services.funder.drain(picked) if picked else []
+        return results
 
-    def _money_accounts(self) -> Accounts:
-        if self._accounts is None:
+    def _money_wallets(self) -> tuple[WalletServices, ...]:
+        if not self._wallets:
             raise ConfigError("this router has no wallet: money needs a network and a private key")
-        return self._accounts
+        return self._wallets
 
-    def _unfunded(self, state: ProviderState) -> None:
-        """A provider said our balance is too low: re-read it, and fund it if that is so."""
-        if self._balances is not None and self._funder is not None:
-            self._balances.ask()
-            self._funder.wake()
+    def _wallet(self, wallet: str | None, action: str) -> WalletServices:
+        """The configured wallet ``wallet`` names (any case), or the only one when it is None."""
+        wallets = self._money_wallets()
+        addresses = ", ".join(w.address for w in wallets)
+        if wallet is None:
+            if len(wallets) == 1:
+                return wallets[0]
+            raise InvalidRequest(
+                f"this router has {len(wallets)} wallets: name the one to {action} in `wallet` ({addresses})",
+                param="wallet",
+            )
+        found = self._wallet_of(wallet)
+        if found is None:
+            raise InvalidRequest(
+                f"{clipped(wallet, 42, quote=False)} is not a wallet of this router; it has {addresses}",
+                status=404,
+                code="wallet_not_found",
+                param="wallet",
+            )
+        return found
 
-    def _funded(self, admission: Admission, provider: str) -> None:
+    def _wallet_of(self, address: str) -> WalletServices | None:
+        """The services of the configured wallet at ``address`` (any case)."""
+        key = address.lower()
+        return next((w for w in self._wallets if w.address.lower() == key), None)
+
+    def _unfunded(self, wallet: str, provider_id: str) -> None:
+        """``provider_id`` said ``wallet``'s balance there is too low: re-read that wallet's balances (the
+        provider's among them), and fund it if that is so."""
+        services = self._wallet_of(wallet)
+        if services is not None:
+            services.balances.ask()
+            services.funder.wake()
+
+    def _funded(self, wallet: str, provider: str) -> None:
+        """``wallet``'s sub-account at ``provider`` was funded: its lane there serves again."""
         state = self.pool.get(provider)
-        if state is not None:
-            state.excluded.pop(Exclusion.UNFUNDED, None)
-        admission.wake()
+        lane = state.lane(wallet) if state is not None else None
+        if lane is not None:
+            lane.excluded.pop(Exclusion.UNFUNDED, None)
+        if self._admission is not None:
+            self._admission.wake()
 
 
 def _decoded(body: bytes) -> dict[str, Any]:
@@ -507,3 +608,12 @@ def _decoded(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise AllAttemptsFailed("the provider's reply is not a JSON object")
     return value
+
+
+def _wallets_of(keys: Sequence[str]) -> list[Wallet]:
+    """The signers of the configured wallet keys (eth-account, loaded only when there are any)."""
+    if not keys:
+        return []
+    from router.chain.wallet import Wallet
+
+    return [Wallet(key) for key in keys]

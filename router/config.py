@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from router.errors import ConfigError, InvalidRequest
+from router.keys import SEVERAL_HINT, check_wallet_keys, wallet_keys
 from router.policy.select import Strategy
 from router.pool.health import HealthPolicy
 from router.pool.limits import ProviderLimits
@@ -35,6 +36,7 @@ DEFAULT_METRICS_PORT = 9464
 # The broker's own body cap (protocol.md §4.2): anything larger would be refused there anyway.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 SERVICE_TYPES = ("chatbot", "embedding", "text-to-image", "speech-to-text")
+# Each wallet is a metrics label value and a set of background tasks: keep both bounded.
 _T = TypeVar("_T")
 
 
@@ -169,10 +171,13 @@ def _neuron(amount_0g: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
-    """Everything a ``Router`` needs. Chain providers need ``network`` and ``private_key``."""
+    """Everything a ``Router`` needs. Chain providers need ``network`` and a wallet key: ``private_key``
+    for one wallet, or ``private_keys`` for several (up to ``MAX_WALLETS``, each a different wallet with
+    its own ledger and sub-accounts); ``wallet_keys`` gives whichever was set, in order."""
 
     network: Network | None = None
     private_key: str | None = field(default=None, repr=False)
+    private_keys: tuple[str, ...] = field(default=(), repr=False)
     static_upstreams: tuple[StaticUpstream, ...] = ()
     dispatch: DispatchOptions = field(default_factory=DispatchOptions)
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
@@ -184,37 +189,67 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if self.network is None and not self.static_upstreams:
             raise ConfigError("nothing to route to: configure a network (and wallet key) or static upstreams")
-        if self.network is not None and not self.private_key:
+        if self.private_key and self.private_keys:
+            raise ConfigError(
+                "give private_key (one wallet) or private_keys (several wallets), not both: "
+                "list every wallet, the first one included, in private_keys"
+            )
+        if self.network is not None and not self.wallet_keys:
             raise ConfigError(
                 f"network {self.network.name!r} needs a wallet key to sign session tokens: "
-                "set ZG_ROUTER_PRIVATE_KEY or ZG_ROUTER_PRIVATE_KEY_FILE"
+                f"set ZG_ROUTER_PRIVATE_KEY or ZG_ROUTER_PRIVATE_KEY_FILE ({SEVERAL_HINT})"
             )
+        check_wallet_keys(self.wallet_keys)
         names = [u.name for u in self.static_upstreams]
         if len(set(names)) != len(names):
             raise ConfigError("static upstream names must be unique")
 
+    @property
+    def wallet_keys(self) -> tuple[str, ...]:
+        """The wallets' keys in order ; none without a network."""
+        if self.network is None:
+            return ()
+        if self.private_keys:
+            return self.private_keys
+        return (self.private_key,) if self.private_key else ()
+
     @classmethod
-    def for_devnet(cls, devnet: Devnet | str | bytes | Mapping[str, Any], **changes: Any) -> RouterConfig:
-        """A router for a local devnet's funded user. ``devnet`` is a running ``Devnet``, the JSON line
+    def for_devnet(
+        cls,
+        devnet: Devnet | str | bytes | Mapping[str, Any],
+        *,
+        wallets: int | None = None,
+        **changes: Any,
+    ) -> RouterConfig:
+        """A router for a local devnet's funded users. ``devnet`` is a running ``Devnet``, the JSON line
         ``zg-router devnet --json`` prints, or the dict that line parses to.
 
-        Sets the devnet network (its RPC URL), the user's key (anvil's public dev key #1), loopback
-        providers allowed (``allow_private_targets``), and registry changes and settlements followed
-        within a second or so. ``changes`` replace fields as ``dataclasses.replace`` does; a ``transport``
-        given here replaces ours whole, so it refuses the devnet's providers unless it allows private
-        targets too.
+        Sets the devnet network (its RPC URL), every funded user's key as a wallet (``wallets`` keeps the
+        first N; one wallet is ``private_key``, several are ``private_keys``), loopback providers allowed
+        (``allow_private_targets``), and registry changes and settlements followed within a second or
+        so. ``changes`` replace fields as ``dataclasses.replace`` does (a ``private_key`` or
+        ``private_keys`` given here replaces the devnet's wallets); a ``transport`` given here replaces
+        ours whole, so it refuses the devnet's providers unless it allows private targets too.
         """
-        network, private_key = _devnet_network(devnet)
-        config = cls(
-            network=network,
-            private_key=private_key,
-            transport=TransportOptions(allow_private_targets=True),
-            discovery=DiscoveryOptions(event_poll_interval=1.0, probe_interval=1.0),
+        network, keys = _devnet_network(devnet)
+        if wallets is not None:
+            if isinstance(wallets, bool) or not isinstance(wallets, int) or not 1 <= wallets <= len(keys):
+                raise ConfigError(
+                    f"RouterConfig.for_devnet: wallets must be 1-{len(keys)} (the devnet's funded users), "
+                    f"got {wallets!r}"
+                )
+            keys = keys[:wallets]
+        base: dict[str, Any] = {
+            "network": network,
+            "transport": TransportOptions(allow_private_targets=True),
+            "discovery": DiscoveryOptions(event_poll_interval=1.0, probe_interval=1.0),
             # The simulators settle every few seconds: follow them closely.
-            money=MoneyOptions(balance_interval=5.0, watch_interval=1.0),
-        )
+            "money": MoneyOptions(balance_interval=5.0, watch_interval=1.0),
+        }
+        if not {"private_key", "private_keys"} & changes.keys():
+            base.update({"private_key": keys[0]} if len(keys) == 1 else {"private_keys": keys})
         try:
-            return dataclasses.replace(config, **changes)
+            return cls(**{**base, **changes})
         except TypeError as exc:
             raise ConfigError(f"RouterConfig.for_devnet: {exc}") from None
 
@@ -222,8 +257,9 @@ class RouterConfig:
 _DEVNET_SOURCE = "a running Devnet, the line `zg-router devnet --json` prints, or the dict it parses to"
 
 
-def _devnet_network(source: object) -> tuple[Network, str]:
-    """The network and user key a devnet summary describes (see ``Devnet.summary``)."""
+def _devnet_network(source: object) -> tuple[Network, tuple[str, ...]]:
+    """The network and the funded users' keys a devnet summary describes (see ``Devnet.summary``):
+    every key in ``users``, or the one ``user`` of a summary without that list."""
     from router.chain.networks import DEVNET
 
     if isinstance(source, str | bytes):
@@ -239,23 +275,27 @@ def _devnet_network(source: object) -> tuple[Network, str]:
         if not source.rpc_url:
             raise ConfigError("the devnet is not running: use it inside `async with Devnet() as devnet:`")
         source = source.summary()
-    user = source.get("user")
     rpc_url, chain_id = source.get("rpc_url"), source.get("chain_id")
     ledger, inference = source.get("ledger"), source.get("inference")
-    key = user.get("private_key") if isinstance(user, Mapping) else None
+    users = source.get("users")
+    if isinstance(users, list) and users:
+        entries = [(f"users[{index}]", user) for index, user in enumerate(users)]
+    else:
+        entries = [("user", source.get("user"))]
+    keys = [entry.get("private_key") if isinstance(entry, Mapping) else None for _, entry in entries]
     if not (
         isinstance(rpc_url, str)
         and isinstance(chain_id, int)
         and isinstance(ledger, str)
         and isinstance(inference, str)
-        and isinstance(key, str)
+        and all(isinstance(key, str) for key in keys)
     ):
         expected = (
             ("rpc_url", rpc_url, str),
             ("chain_id", chain_id, int),
             ("ledger", ledger, str),
             ("inference", inference, str),
-            ("user.private_key", key, str),
+            *((f"{name}.private_key", key, str) for (name, _), key in zip(entries, keys, strict=True)),
         )
         wrong = ", ".join(name for name, value, kind in expected if not isinstance(value, kind))
         raise ConfigError(
@@ -264,7 +304,7 @@ def _devnet_network(source: object) -> tuple[Network, str]:
     network = dataclasses.replace(
         DEVNET, chain_id=chain_id, rpc_urls=(rpc_url,), ledger=ledger, inference=inference
     )
-    return network, key
+    return network, tuple(str(key) for key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +394,7 @@ _TOP_KEYS = {
     "network",
     "rpc_urls",
     "private_key_file",
+    "wallet_key_files",
     "gateway",
     "dispatch",
     "discovery",
@@ -368,8 +409,12 @@ _TOP_KEYS = {
 def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig, GatewayConfig]:
     """Read the TOML file at ``path`` (if any), then let ``ZG_ROUTER_*`` variables override it.
 
-    The wallet key comes from ``ZG_ROUTER_PRIVATE_KEY``, or a file named by ``ZG_ROUTER_PRIVATE_KEY_FILE``
-    or ``private_key_file``; never from the TOML itself, so config files can be shared.
+    Wallet keys never come from the TOML itself, so config files can be shared. One wallet's key comes
+    from ``ZG_ROUTER_PRIVATE_KEY``, or a file named by ``ZG_ROUTER_PRIVATE_KEY_FILE`` or
+    ``private_key_file``; several wallets' keys from ``ZG_ROUTER_PRIVATE_KEYS`` (comma-separated), or
+    files named by ``ZG_ROUTER_WALLET_KEY_FILES`` (separated by ``os.pathsep``) or ``wallet_key_files``.
+    The variable wins over the file setting, a key over key files; one-wallet and several-wallet sources
+    together are an error.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -381,9 +426,11 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     _reject_unknown(data, _TOP_KEYS, "the config file")
     network = _network(data, env)
+    private_key, private_keys = wallet_keys(data, env) if network is not None else (None, ())
     router = RouterConfig(
         network=network,
-        private_key=_private_key(data, env) if network is not None else None,
+        private_key=private_key,
+        private_keys=private_keys,
         static_upstreams=tuple(_upstream(u, env) for u in _list(data.get("upstreams", []), "upstreams")),
         dispatch=_section(DispatchOptions, data.get("dispatch", {}), "dispatch"),
         discovery=_section(DiscoveryOptions, data.get("discovery", {}), "discovery"),
@@ -424,21 +471,6 @@ def _network(data: Mapping[str, Any], env: Mapping[str, str]) -> Network | None:
     if rpc_urls:
         network = network.with_rpc_urls(*_list(rpc_urls, "rpc_urls"))
     return network
-
-
-def _private_key(data: Mapping[str, Any], env: Mapping[str, str]) -> str:
-    if key := env.get("ZG_ROUTER_PRIVATE_KEY"):
-        return key.strip()
-    key_file = env.get("ZG_ROUTER_PRIVATE_KEY_FILE", data.get("private_key_file"))
-    if not key_file:
-        raise ConfigError(
-            "a network is configured but no wallet key: "
-            "set ZG_ROUTER_PRIVATE_KEY or ZG_ROUTER_PRIVATE_KEY_FILE"
-        )
-    try:
-        return Path(str(key_file)).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the wallet key file {key_file}: {exc.strerror}") from None
 
 
 def _upstream(raw: object, env: Mapping[str, str]) -> StaticUpstream:

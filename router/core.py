@@ -21,8 +21,9 @@ import structlog
 
 from router.client import Router
 from router.errors import InvalidRequest, RequestFailed, Unauthorized, UpstreamRejected, clipped
-from router.replies import Endpoint, Reply, StreamReply
-from router.wire import bearer_matches, parse_json_request, parse_multipart_request
+from router.replies import Reply, StreamReply
+from router.request import Endpoint, parse_json, parse_multipart
+from router.wire import bearer_matches
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON = "application/json; charset=utf-8"
@@ -146,18 +147,8 @@ class Core:
         router = self._router
 
         async def serve(request: Request, rid: str) -> Response:
-            parsed = parse_json_request(endpoint, await request.read(), request.headers)
-            call = router.new_call(
-                endpoint,
-                model=parsed.model,
-                body=parsed.body,
-                content_type=parsed.content_type,
-                stream=parsed.stream,
-                prefs=parsed.prefs,
-                request_id=rid,
-                max_output=parsed.max_output,
-                verify_sync=parsed.verify_sync,
-            )
+            parsed = parse_json(endpoint, await request.read(), request.headers)
+            call = router.new_call(parsed, request_id=rid)
             reply = await router.dispatch(call)
             if isinstance(reply, StreamReply):
                 headers = receipt_headers(rid, reply.attempts, reply.provider, reply.res_key)
@@ -170,18 +161,10 @@ class Core:
 
     async def _transcription(self, request: Request, rid: str) -> Response:
         router = self._router
-        parsed = parse_multipart_request(
+        parsed = parse_multipart(
             await request.read(), request.headers.get("Content-Type", ""), request.headers
         )
-        call = router.new_call(
-            Endpoint.TRANSCRIPTIONS,
-            model=parsed.model,
-            body=parsed.body,
-            content_type=parsed.content_type,
-            prefs=parsed.prefs,
-            request_id=rid,
-            verify_sync=parsed.verify_sync,
-        )
+        call = router.new_call(parsed, request_id=rid)
         reply = await router.dispatch(call)
         assert isinstance(reply, Reply)
         return await self._whole(reply, rid, verify_sync=call.verify_sync)

@@ -21,11 +21,17 @@ from router.config import DiscoveryOptions, StaticUpstream
 from router.errors import ProviderUnreachable, RouterError, UnsafeProviderUrl
 from router.observability.events import BackgroundError, Observer, PoolRefreshed
 from router.pool.health import BreakerState
-from router.pool.limits import DEFAULT_BURST, DEFAULT_MAX_CONCURRENT, ProviderLimits
+from router.pool.limits import (
+    DEFAULT_BURST,
+    DEFAULT_CONTEXT_LENGTH,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_REQUESTS_PER_MINUTE,
+    ProviderLimits,
+)
 from router.pool.pricing import parse_cache_divisor, parse_tiers
 from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderState
+from router.transport.base import ProviderTransport
 from router.transport.guard import check_provider_url
-from router.transport.http import HttpTransport
 from router.types import Service
 
 if TYPE_CHECKING:
@@ -79,13 +85,8 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
             output_price = _int(pricing.get("completion"), output_price)
             tiers = parse_tiers(pricing.get("tiered_pricing")) or tiers
             cache_divisor = parse_cache_divisor(pricing.get("cache_token_billing")) or cache_divisor
-        rates = entry.get("rate_limits")
-        if entry["id"] == service.model and isinstance(rates, dict):
-            limits = ProviderLimits(
-                requests_per_minute=_int(rates.get("requests_per_minute"), int(limits.requests_per_minute)),
-                burst=_int(rates.get("burst"), DEFAULT_BURST),
-                max_concurrent=_int(rates.get("max_concurrent_requests"), DEFAULT_MAX_CONCURRENT),
-            )
+        if entry["id"] == service.model:
+            limits = advertised_limits(entry)
     return ProviderInfo(
         id=service.provider,
         kind=ProviderKind.CHAIN,
@@ -103,6 +104,33 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
         price_tiers=tiers,
         cache_divisor=cache_divisor,
     )
+
+
+def advertised_limits(entry: dict[str, Any]) -> ProviderLimits:
+    """The per-wallet limits a ``/v1/models`` entry advertises (``rate_limits``, protocol.md §4.7), the
+    broker's defaults for what it leaves out. A value that is not a positive integer counts as left out,
+    except that 0 turns a token or image budget off, as at the broker."""
+    rates = entry.get("rate_limits")
+    rates = rates if isinstance(rates, dict) else {}
+    context = _positive(entry.get("context_length"), DEFAULT_CONTEXT_LENGTH)
+    return ProviderLimits(
+        requests_per_minute=_positive(rates.get("requests_per_minute"), DEFAULT_REQUESTS_PER_MINUTE),
+        burst=_positive(rates.get("burst"), DEFAULT_BURST),
+        max_concurrent=_positive(rates.get("max_concurrent_requests"), DEFAULT_MAX_CONCURRENT),
+        tokens_per_minute=_count(rates.get("tokens_per_minute")),
+        token_burst=_count(rates.get("tokens_burst")),
+        images_per_minute=_count(rates.get("images_per_minute")),
+        image_burst=_count(rates.get("images_burst")),
+        context_length=context,
+    )
+
+
+def _positive(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**9 else default
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9 else 0
 
 
 _ZERO_ADDRESS = "0x" + "0" * 40
@@ -146,7 +174,7 @@ class Discovery:
     def __init__(
         self,
         chain: ChainClient,
-        transport: HttpTransport,
+        transport: ProviderTransport,
         pool: Pool,
         options: DiscoveryOptions,
         *,
@@ -253,7 +281,7 @@ class Prober:
     re-opens it for twice as long."""
 
     def __init__(
-        self, pool: Pool, transport: HttpTransport, options: DiscoveryOptions, emit: Observer
+        self, pool: Pool, transport: ProviderTransport, options: DiscoveryOptions, emit: Observer
     ) -> None:
         self._pool = pool
         self._transport = transport

@@ -1,16 +1,11 @@
 """The one request loop, shared by the gateway and the library API.
 
-Per attempt: rank the candidates (pure), take a slot (admission queue), send, classify the reply, record
-health, and either return, fail over to the next candidate, or stop. Failover happens only before the
-first byte reaches the caller: a plain reply is read whole before it is returned, and a stream is returned
-only once its first event has arrived. The slot goes back exactly once on every path, cancellation included.
-
-One request charges provider health at most once. A request whose attempts fail alike on several
-providers (a body every model server chokes on) is evidence against the request, not the providers: left
-unbounded, three such requests would open every breaker of a model. So only a request's first unhealthy
-failure (5xx, connect error, timeout, broken reply or stream) counts against its provider's health; later
-ones fail over, still reported as ``AttemptFailed``, without charging theirs. A pool that is really down
-still opens its breakers: every request charges the first provider that failed it.
+Per attempt: rank the candidate providers (pure), lay out their lanes (one per paying wallet), take a lease
+on one (admission queue, the lane's capacity) and a balance hold, send, classify the reply, and either
+return, fail over to another lane, or stop. Failover happens only before the first byte reaches the
+caller: a plain reply is read whole before it is returned, and a stream is returned only once its first
+event has arrived. Every attempt is an ``Attempt`` (``router.attempt``), which records its outcome exactly
+once on every path, cancellation included.
 
 Breakers eject at most ``max_ejection_percent`` of a model's providers at once (Envoy's outlier-detection
 cap): past it, the least bad ejected providers are reprieved to half-open, where one probe at a time may
@@ -28,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
+from router.attempt import NO_CHARGE, Attempt, FailOver, Outcomes, Run
 from router.config import DispatchOptions
 from router.discovery import ALLOW_PRIVATE_TARGETS
 from router.errors import (
@@ -40,92 +36,24 @@ from router.errors import (
     UpstreamRejected,
     clipped,
 )
-from router.observability.events import AttemptFailed, Observer, RequestFinished
-from router.policy.outcome import Verdict, classify, error_message, json_object, reset_seconds, says_json
+from router.observability.events import Observer
+from router.policy.outcome import Verdict, busy, classify, error_message, json_object, says_json
 from router.policy.select import eligible, over_ejection_cap, rank, retry_candidates
-from router.pool.accounting import Accounts, FundingState, Hold
-from router.pool.admission import Admission, retry_after
+from router.pool.accounting import Accounts, FundingState
+from router.pool.admission import Admission
+from router.pool.capacity import Demand
 from router.pool.health import MAX_EJECTION_PERCENT
-from router.pool.pricing import Charge, reply_charge
-from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind, ProviderState
+from router.pool.holds import NO_HOLD, Holds
+from router.pool.pricing import reply_charge
+from router.pool.providers import Lane, Pool, ProviderKind, ProviderState
 from router.pool.trust import TrustState
-from router.replies import Call, Endpoint, Reply, Slot, StreamReply
-from router.transport.http import HttpTransport, Upstream
+from router.replies import Reply, StreamReply
+from router.request import Call, Endpoint
+from router.transport.base import ProviderTransport, Upstream
 from router.verify.check import Finding
 from router.verify.verifier import Verifier
 
-Authorizer = Callable[[ProviderInfo], Awaitable[str]]
-# Static upstreams are not our 0G money: their requests hold nothing.
-_NO_HOLD = Hold(None, None, 0)
-_NO_CHARGE = Charge(None)
-
-
-class _Run:
-    """One request's progress through its attempts."""
-
-    __slots__ = (
-        "_charge",
-        "_last",
-        "attempts",
-        "call",
-        "charged",
-        "counted",
-        "failed_at",
-        "queued",
-        "started",
-        "tried",
-    )
-
-    def __init__(self, call: Call, started: float, charge: Callable[[Call, ProviderState], None]) -> None:
-        self.call = call
-        self.started = started
-        self.attempts = 0
-        self.counted = 0
-        self.queued = 0.0  # seconds spent waiting for provider slots, over all attempts
-        self.tried: set[str] = set()
-        self.failed_at: set[str] = set()  # providers whose failure counted against this request
-        self.charged = False  # whether one of its failures was charged to a provider's health
-        self._charge = charge
-        self._last: _FailOver | None = None
-
-    def failed(self, exc: BaseException | None) -> None:
-        if isinstance(exc, _FailOver) and exc is not self._last:
-            self._last = exc
-            if exc.counts:
-                self.counted += 1
-                self.failed_at.add(exc.provider)
-            if exc.unhealthy is not None:
-                self.charge_once(exc.unhealthy)
-
-    def charge_once(self, state: ProviderState) -> None:
-        """An unhealthy failure at ``state``: charged to its health if it is the request's first."""
-        if not self.charged:
-            self.charged = True
-            self._charge(self.call, state)
-
-    def last_failure(self) -> _FailOver:
-        assert self._last is not None
-        return self._last
-
-
-class _FailOver(Exception):
-    """This attempt failed in a way another attempt may fix."""
-
-    def __init__(
-        self,
-        provider: str,
-        status: int | None,
-        detail: str,
-        *,
-        counts: bool,
-        unhealthy: ProviderState | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.provider = provider
-        self.status = status
-        self.detail = detail
-        self.counts = counts
-        self.unhealthy = unhealthy  # the provider it counts against, if the failure says it is unhealthy
+Authorizer = Callable[[Lane], Awaitable[str]]
 
 
 class Dispatcher:
@@ -135,56 +63,65 @@ class Dispatcher:
         self,
         pool: Pool,
         admission: Admission,
-        transport: HttpTransport,
+        transport: ProviderTransport,
         authorize: Authorizer,
         options: DispatchOptions,
         emit: Observer,
         *,
-        on_misconfigured: Callable[[ProviderState], None] = lambda _: None,
-        accounts: Accounts | None = None,
-        on_unfunded: Callable[[ProviderState], None] = lambda _: None,
+        holds: Holds | None = None,
+        books: Callable[[str], Accounts | None] = lambda _: None,
+        on_misconfigured: Callable[[Lane], None] = lambda _: None,
+        on_unfunded: Callable[[Lane], None] = lambda _: None,
         default_max_tokens: int = 4096,
         verifier: Verifier | None = None,
         rng: random.Random | None = None,
         max_ejection_percent: float = MAX_EJECTION_PERCENT,
     ) -> None:
+        """``holds`` reserves balance on chain lanes (None: nothing is held, as without a wallet);
+        ``books(wallet)`` is that wallet's sub-accounts, for the 402's explanation."""
         self._pool = pool
         self._admission = admission
+        self._capacity = admission.capacity
         self._transport = transport
         self._authorize = authorize
         self._options = options
-        self._emit = emit
-        self._on_misconfigured = on_misconfigured
-        self._accounts = accounts
-        self._on_unfunded = on_unfunded
+        self._holds = holds
+        self._books = books
         self._default_max_tokens = default_max_tokens
         self._verifier = verifier
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
         self._max_ejection_percent = max_ejection_percent
+        self._outcomes = Outcomes(
+            admission.capacity,
+            options,
+            emit,
+            admission.now,
+            on_unfunded=on_unfunded,
+            on_misconfigured=on_misconfigured,
+        )
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:
         """Serve ``call``: a ``Reply``, a ``StreamReply`` (for ``call.stream``), or a ``RequestFailed``."""
-        started = self._admission.now()
-        run = _Run(call, started, self._charge)
+        run = Run(call, self._outcomes, self._charge)
         try:
             candidates = self._candidates(call)
             # Most requests succeed at once: the first attempt runs without the retry machinery.
             try:
                 return await self._next_attempt(run, candidates)
-            except _FailOver as exc:
+            except FailOver as exc:
                 run.failed(exc)
             if not self._budget_left(run):
                 raise run.last_failure()
             retrying = AsyncRetrying(
                 stop=self._stop(run),
-                retry=retry_if_exception_type(_FailOver),
+                retry=retry_if_exception_type(FailOver),
                 wait=_no_wait,
                 reraise=True,
             )
             async for attempt in retrying:
                 with attempt:
                     return await self._next_attempt(run, candidates)
-        except _FailOver as exc:
+        except FailOver as exc:
             run.failed(exc)
             error: RequestFailed = AllAttemptsFailed(
                 f"every attempt failed ({run.attempts} over {len(run.tried)} provider(s)); "
@@ -196,12 +133,12 @@ class Dispatcher:
             error = exc
         except asyncio.CancelledError:
             # The caller went away (a client disconnect cancels the gateway's handler).
-            self._finish(run, 499, None, error="the caller went away")
+            run.finish(499, None, error="the caller went away")
             raise
-        self._finish(run, error.status, None, error=str(error))
+        run.finish(error.status, None, error=str(error))
         raise error
 
-    def _stop(self, run: _Run) -> Callable[[RetryCallState], bool]:
+    def _stop(self, run: Run) -> Callable[[RetryCallState], bool]:
         """The tenacity stop condition: count the attempt that just failed, then check the budget."""
 
         def stop(state: RetryCallState) -> bool:
@@ -210,20 +147,20 @@ class Dispatcher:
 
         return stop
 
-    def _budget_left(self, run: _Run) -> bool:
-        """Another attempt fits: fewer than ``max_attempts`` counted failures (provider 429s do not count)
-        and the deadline not yet passed."""
+    def _budget_left(self, run: Run) -> bool:
+        """Another attempt fits: fewer than ``max_attempts`` counted failures (provider 429s and global-cap
+        503s do not count) and the deadline not yet passed."""
         return run.counted < self._options.max_attempts and self._admission.now() < run.call.deadline
 
-    async def _next_attempt(self, run: _Run, candidates: list[ProviderState]) -> Reply | StreamReply:
+    async def _next_attempt(self, run: Run, candidates: list[ProviderState]) -> Reply | StreamReply:
         call = run.call
         now = self._admission.now()
         self._cap_ejections(call, now)
         # Which of them may go now is decided before what this request already tried: a failover whose
         # untried providers are all ejected goes back to one that is not, rather than ending in a 503.
-        available = [s for s in candidates if s.available(now)]
+        available = [s for s in candidates if any(lane.available(now) for lane in s.lanes)]
         if not available:
-            retry = retry_after(candidates, now)
+            retry = self._admission.retry_after([lane for s in candidates for lane in s.lanes], now)
             raise NoProviderAvailable(
                 f"all {len(candidates)} provider(s) of {clipped(call.model)} are cooling down or excluded; "
                 f"try again in {retry} s",
@@ -270,118 +207,136 @@ class Dispatcher:
             )
         return allowed
 
-    async def _attempt(self, run: _Run, candidates: list[ProviderState], now: float) -> Reply | StreamReply:
+    def _demand(self, call: Call) -> Demand:
+        """What admission reserves against the lane's token and image budgets."""
+        endpoint = call.endpoint
+        if endpoint is Endpoint.IMAGES:
+            return Demand(images=call.images)
+        if endpoint is Endpoint.EMBEDDINGS:
+            return Demand(tokens=call.prompt_estimate)
+        output = call.max_output if call.max_output is not None else self._default_max_tokens
+        return Demand(tokens=call.prompt_estimate + output)
+
+    async def _attempt(self, run: Run, candidates: list[ProviderState], now: float) -> Reply | StreamReply:
         call = run.call
-        ranked = rank(candidates, call.prefs, self._options.strategy, self._rng)
-        accounts = self._accounts
-        reserves: dict[str, int] = {}
-        if accounts is not None:
-            ranked = self._funded(call, ranked, accounts, reserves)
+        ranked = rank(candidates, call.prefs, self._options.strategy, self._rng, self._provider_load)
+        lanes = self._lanes(ranked)
+        holds = self._holds
+        reserves: dict[Lane, int] = {}
+        if holds is not None:
+            lanes = self._funded(call, lanes, holds, reserves)
         queue_deadline = min(call.deadline, now + self._options.queue_timeout)
         try:
-            state = await self._admission.acquire(ranked, queue_deadline)
+            lease = await self._admission.acquire(lanes, queue_deadline, self._demand(call))
         finally:
             run.queued += self._admission.now() - now
-        run.tried.add(state.id)
-        reserve = reserves.get(state.id)
-        hold = accounts.hold(state.id, reserve) if accounts is not None and reserve is not None else _NO_HOLD
-        slot = Slot(self._admission, state, hold)
+        lane = lease.lane
+        run.tried.add(lane.provider.id)
+        reserve = reserves.get(lane)
+        hold = holds.reserve(lane, reserve) if holds is not None and reserve is not None else NO_HOLD
+        attempt = Attempt(run, lease, hold)
         try:
-            return await self._exchange(run, state, slot)
-        except asyncio.CancelledError:
-            if slot.sent and slot.cost is None:
-                # The provider bills what it generated even if we stop listening (protocol.md §10):
-                # book the reserve, an upper bound, until its own figure says otherwise.
-                slot.cost = hold.amount
+            return await self._exchange(attempt)
+        except BaseException:
+            # A failure has ended the attempt already (ending is idempotent); this is for the caller going
+            # away (cancellation) and for bugs of ours: the lane and the hold always come back.
+            attempt.abandoned()
             raise
-        finally:
-            slot.release()
 
-    def _funded(
-        self, call: Call, ranked: list[ProviderState], accounts: Accounts, reserves: dict[str, int]
-    ) -> list[ProviderState]:
-        """The chain providers whose available balance covers this call's reserve (static ones always);
-        ``reserves`` gets each chain provider's reserve. None covered: 402."""
-        prompt_tokens = len(call.body) // 4 + 1
+    def _lanes(self, ranked: list[ProviderState]) -> list[Lane]:
+        """Each ranked provider's lanes, the least loaded wallet first."""
+        lanes: list[Lane] = []
+        capacity = self._capacity
+        for state in ranked:
+            if len(state.lanes) == 1:
+                lanes.append(state.lanes[0])
+            else:
+                lanes.extend(sorted(state.lanes, key=capacity.load))
+        return lanes
+
+    def _provider_load(self, state: ProviderState) -> float:
+        """The share of a provider's concurrency in use, over all its lanes."""
+        load = self._capacity.load
+        return sum(load(lane) for lane in state.lanes) / len(state.lanes)
+
+    def _funded(self, call: Call, lanes: list[Lane], holds: Holds, reserves: dict[Lane, int]) -> list[Lane]:
+        """The chain lanes whose sub-account covers this call's reserve (static ones always);
+        ``reserves`` gets each chain lane's reserve. None covered: 402."""
         output = call.max_output if call.max_output is not None else self._default_max_tokens
         covered = []
-        for state in ranked:
-            info = state.info
+        for lane in lanes:
+            info = lane.provider.info
             if info.kind is not ProviderKind.CHAIN:
-                covered.append(state)
+                covered.append(lane)
                 continue
             if call.endpoint is Endpoint.EMBEDDINGS:
-                reserve = info.pricing.fee(prompt_tokens, 0)
+                reserve = info.pricing.fee(call.prompt_estimate, 0)
             elif call.endpoint is Endpoint.IMAGES:
-                reserve = info.pricing.fee(0, call.max_output or 1)
+                reserve = info.pricing.fee(0, call.images)
             elif call.endpoint is Endpoint.TRANSCRIPTIONS:
                 # Billed by output (or duration), not by the size of the audio upload.
                 reserve = info.pricing.fee(0, output)
             else:
-                reserve = info.pricing.fee(prompt_tokens, output)
-            if accounts.covers(info.id, reserve):
-                reserves[info.id] = reserve
-                covered.append(state)
+                reserve = info.pricing.fee(call.prompt_estimate, output)
+            if holds.covers(lane, reserve):
+                reserves[lane] = reserve
+                covered.append(lane)
         if not covered:
-            raise _unfunded(call, ranked, accounts)
+            raise _unfunded(call, lanes, self._books)
         return covered
 
-    async def _exchange(self, run: _Run, state: ProviderState, slot: Slot) -> Reply | StreamReply:
-        call, info = run.call, state.info
-        sent = self._admission.now()
+    async def _exchange(self, attempt: Attempt) -> Reply | StreamReply:
+        run, lane = attempt.run, attempt.lane
+        call, info = run.call, lane.provider.info
         try:
             headers = {"Content-Type": call.content_type}
-            if authorization := await self._authorize(info):
+            if authorization := await self._authorize(lane):
                 headers["Authorization"] = authorization
-            slot.sent = True
+            attempt.send()
             upstream = await self._transport.send(
                 info,
                 call.endpoint.path,
                 call.body,
                 headers,
-                time_left=call.deadline - sent,
+                time_left=call.deadline - attempt.sent_at,
                 stream=call.stream,
             )
         except ProviderUnreachable as exc:
-            raise self._failed(call, state, None, Verdict.UNHEALTHY, str(exc)) from None
+            raise attempt.failed(Verdict.UNHEALTHY, None, str(exc)) from None
+        attempt.observe(upstream.headers)
         if upstream.status >= 300:
             try:
                 body = _without_key(await upstream.read(), info.api_key)
             except ProviderUnreachable as exc:
-                raise self._failed(call, state, upstream.status, Verdict.UNHEALTHY, str(exc)) from None
-            verdict = classify(upstream.status, body, info.kind)
+                raise attempt.failed(Verdict.UNHEALTHY, upstream.status, str(exc)) from None
+            if busy(upstream.status, upstream.headers, body):
+                verdict = Verdict.BUSY
+            else:
+                verdict = classify(upstream.status, body, info.kind)
             if verdict is Verdict.CLIENT_ERROR:
-                state.health.record_success()
+                attempt.rejected()
                 ctype = upstream.headers.get("Content-Type", "application/json")
                 raise UpstreamRejected(upstream.status, body, ctype, provider=info.id, attempts=run.attempts)
-            if verdict is Verdict.RATE_LIMITED:
-                reset = reset_seconds(upstream.headers.get("x-ratelimit-reset-requests"))
-                state.gate.back_off(self._admission.now() + (reset or self._options.rate_limit_backoff))
-            raise self._failed(call, state, upstream.status, verdict, error_message(body))
+            raise attempt.failed(verdict, upstream.status, error_message(body), upstream.headers)
         if call.stream:
-            return await self._open_stream(run, state, slot, upstream, sent)
+            return await self._open_stream(attempt, upstream)
         try:
             body = await upstream.read()
         except ProviderUnreachable as exc:
-            # A 2xx is billed for what was generated even if its body never arrives whole (protocol.md
-            # §10): book the reserve, an upper bound, until the provider's own figure says otherwise.
-            slot.cost = slot.hold.amount
-            raise self._failed(call, state, upstream.status, Verdict.UNHEALTHY, str(exc)) from None
+            # A 2xx is billed for what was generated even if its body never arrives whole (protocol.md §10).
+            raise attempt.failed(Verdict.UNHEALTHY, upstream.status, str(exc), billed=True) from None
         content_type = upstream.headers.get("Content-Type", "application/json")
         images = call.endpoint is Endpoint.IMAGES
         if call.endpoint is Endpoint.TRANSCRIPTIONS and not says_json(content_type):
             # response_format text, srt or vtt: text the provider bills by its own count.
-            charge = _NO_CHARGE
+            charge = NO_CHARGE
         else:
             doc = json_object(body)
             if doc is None:
-                slot.cost = slot.hold.amount
                 detail = "reply body is not a JSON object (truncated or malformed)"
-                raise self._failed(call, state, upstream.status, Verdict.UNHEALTHY, detail)
+                raise attempt.failed(Verdict.UNHEALTHY, upstream.status, detail, billed=True)
             charge = reply_charge(info.pricing, doc, images=images)
-        state.health.record_success(latency=self._admission.now() - sent)
-        slot.cost = charge.cost
-        self._finish(run, upstream.status, info.id, charge)
+        attempt.succeeded(upstream.status, charge)
         res_key = upstream.headers.get("ZG-Res-Key")
         return Reply(
             status=upstream.status,
@@ -392,7 +347,7 @@ class Dispatcher:
             cost=charge.cost,
             res_key=res_key,
             verifiability=info.verifiability,
-            verification=self._check_later(call, state, res_key, body, images=images),
+            verification=self._check_later(call, lane.provider, res_key, body, images=images),
         )
 
     def _check_later(
@@ -404,74 +359,33 @@ class Dispatcher:
             return None
         return verifier.check(state, res_key, call.body, (body,), request_id=call.request_id, images=images)
 
-    async def _open_stream(
-        self, run: _Run, state: ProviderState, slot: Slot, upstream: Upstream, sent: float
-    ) -> StreamReply:
-        call = run.call
+    async def _open_stream(self, attempt: Attempt, upstream: Upstream) -> StreamReply:
+        call, state = attempt.run.call, attempt.provider
         events = upstream.events()
         try:
-            first = await anext(events)
-        except (ProviderUnreachable, StopAsyncIteration) as exc:
+            # The idle timeout bounds each wait for an event; the first must also come within the
+            # request's deadline, which may be the sooner.
+            async with asyncio.timeout_at(call.deadline):
+                first = await anext(events)
+        except (ProviderUnreachable, StopAsyncIteration, TimeoutError) as exc:
             upstream.close()
-            detail = str(exc) if isinstance(exc, ProviderUnreachable) else "stream ended before any event"
-            raise self._failed(call, state, 200, Verdict.UNHEALTHY, detail) from None
+            if isinstance(exc, ProviderUnreachable):
+                detail = str(exc)
+            elif isinstance(exc, TimeoutError):
+                detail = "timed out: no stream event before the request's deadline"
+            else:
+                detail = "stream ended before any event"
+            raise attempt.failed(Verdict.UNHEALTHY, 200, detail, billed=True) from None
         except BaseException:
             upstream.close()
             raise
-        ttft = self._admission.now() - sent
-
-        def finish(status: int, charge: Charge, error: str | None) -> None:
-            self._finish(run, status, state.id, charge, ttft=ttft, error=error)
-
-        def broken(detail: str) -> None:
-            run.charge_once(state)
-            self._emit(AttemptFailed(call.request_id, state.id, "stream_broken", 200, detail[:300]))
-
         verifier = self._verifier
         verify = wait = None
         if verifier is not None and verifier.wants(state, forced=call.verify_sync):
             res_key = upstream.headers.get("ZG-Res-Key")
             verify = functools.partial(verifier.check, state, res_key, call.body, request_id=call.request_id)
             wait = verifier.wait if call.verify_sync else None
-
-        return StreamReply(
-            state,
-            slot.hand_over(),
-            upstream,
-            events,
-            first,
-            attempts=run.attempts,
-            ttft=ttft,
-            finish=finish,
-            emit_broken=broken,
-            elapsed=lambda: self._admission.now() - sent,
-            verify=verify,
-            wait=wait,
-        )
-
-    def _failed(
-        self, call: Call, state: ProviderState, status: int | None, verdict: Verdict, detail: str
-    ) -> _FailOver:
-        """Record what an attempt's failure means for its provider; the signal to try the next one. An
-        unhealthy verdict is charged to health by the request's run, once per request."""
-        now = self._admission.now()
-        options = self._options
-        if verdict is Verdict.UNFUNDED:
-            state.health.record_success()
-            state.exclude(Exclusion.UNFUNDED, now + options.unfunded_cooldown)
-            self._on_unfunded(state)
-        elif verdict is Verdict.MISCONFIGURED:
-            state.health.record_success()
-            state.exclude(Exclusion.MISCONFIGURED, now + options.misconfigured_cooldown)
-            self._on_misconfigured(state)
-        self._emit(AttemptFailed(call.request_id, state.id, verdict.value, status, detail[:300]))
-        return _FailOver(
-            state.id,
-            status,
-            f"{state.id}: {status or 'no reply'} {detail[:200]}",
-            counts=verdict is not Verdict.RATE_LIMITED,
-            unhealthy=state if verdict is Verdict.UNHEALTHY else None,
-        )
+        return StreamReply(attempt, upstream, events, first, ttft=attempt.elapsed(), verify=verify, wait=wait)
 
     def _charge(self, call: Call, state: ProviderState) -> None:
         """Count a request's (first) unhealthy failure against ``state``; keep the ejection cap if that
@@ -488,36 +402,6 @@ class Dispatcher:
             state.health.reprieve()
         if reprieved:
             self._admission.wake()
-
-    def _finish(
-        self,
-        run: _Run,
-        status: int,
-        provider: str | None,
-        charge: Charge = _NO_CHARGE,
-        *,
-        ttft: float | None = None,
-        error: str | None = None,
-    ) -> None:
-        call = run.call
-        self._emit(
-            RequestFinished(
-                request_id=call.request_id,
-                endpoint=call.endpoint.path,
-                model=call.model,
-                status=status,
-                provider=provider,
-                attempts=run.attempts,
-                cost=charge.cost,
-                latency=self._admission.now() - run.started,
-                ttft=ttft,
-                stream=call.stream,
-                error=error,
-                queued=run.queued,
-                prompt_tokens=charge.prompt_tokens,
-                completion_tokens=charge.completion_tokens,
-            )
-        )
 
 
 def _without_key(body: bytes, api_key: str | None) -> bytes:
@@ -550,11 +434,17 @@ def _none_verified(call: Call, everyone: list[ProviderState]) -> NoProviderAvail
     return NoProviderAvailable(f"verified_only: {why}", code="no_verified_provider")
 
 
-def _unfunded(call: Call, ranked: list[ProviderState], accounts: Accounts) -> InsufficientFunds:
-    """The 402 for a call no candidate can pay for, saying why and what helps."""
-    states = {a.funding for s in ranked if (a := accounts.get(s.id)) is not None}
+def _unfunded(call: Call, lanes: list[Lane], books: Callable[[str], Accounts | None]) -> InsufficientFunds:
+    """The 402 for a call no lane can pay for, saying why and what helps."""
+    states = set()
+    for lane in lanes:
+        book = books(lane.wallet) if lane.wallet is not None else None
+        account = book.get(lane.provider.id) if book is not None else None
+        if account is not None:
+            states.add(account.funding)
+    providers = len({lane.provider.id for lane in lanes})
     message = (
-        f"none of the {len(ranked)} provider(s) of {call.model!r} has the balance to cover this request "
+        f"none of the {providers} provider(s) of {call.model!r} has the balance to cover this request "
         "(each keeps 1 0G locked plus unsettled fees)"
     )
     if FundingState.FUNDING in states:

@@ -16,8 +16,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+from router.endpoints import Endpoint
 from router.errors import InvalidRequest, clipped
-from router.replies import Endpoint
 
 Check = Callable[[Any, str], None]
 """Raises ``InvalidRequest`` naming ``param`` (the second argument) unless the value is right."""

@@ -76,7 +76,7 @@ _TOKEN_SHAPES = re.compile(
     r"app-sk-[A-Za-z0-9+/=_-]{16,}"
     r"|\b(?:sk|zg-admin|gw-key|admin-key)-[A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]{14,}"
 )
-_DEV_KEY_INDEXES = (*range(24), *range(1000, 1024))
+_DEV_KEY_INDEXES = (*range(64), *range(1000, 1064))
 # Runs of hex long enough to hold a private key: each 64-digit window of one is looked up, so a check costs
 # the length of the text, not the number of keys the session has made (hundreds: one wallet per test).
 _HEX_RUN = re.compile(r"[0-9a-fA-F]{64,}")

@@ -20,9 +20,11 @@ from router.chain.client import ChainClient
 from router.chain.devtools import set_balance
 from router.chain.session import SessionTokens
 from router.chain.wallet import Wallet
+from router.client import Router
 from router.devnet import Devnet, DevnetProvider, ProviderSpec
 from router.devnet.node_tools import NodeModules
 from router.devnet.simulator.limits import RateLimits
+from router.pool.providers import ProviderState
 
 NODE_SCRIPTS = Path(__file__).parent / "node"
 CHAT = "/v1/proxy/chat/completions"
@@ -178,3 +180,10 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+def in_flight(router: Router, state: ProviderState | None = None) -> int:
+    """Requests in flight on the lanes of ``state`` (every provider's, by default), as capacity counts."""
+    now = router.now()
+    states = [state] if state is not None else list(router.pool)
+    return sum(router.pool.capacity.view(lane, now).in_flight for s in states for lane in s.lanes)

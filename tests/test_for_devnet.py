@@ -27,6 +27,13 @@ LINE = json.dumps(
 )
 
 
+USERS = tuple(dev_private_key(USER_KEY_INDEX + 10 + index) for index in range(3))
+SEVERAL = {
+    **json.loads(LINE),
+    "users": [{"address": "0x" + f"{index:040x}", "private_key": key} for index, key in enumerate(USERS)],
+}
+
+
 @pytest.fixture(scope="module")
 async def default_devnet() -> AsyncIterator[Devnet]:
     async with Devnet() as devnet:
@@ -42,6 +49,55 @@ def test_the_json_line_or_its_dict_gives_the_devnet_network_key_and_private_targ
     assert config.private_key == USER_KEY
     assert config.transport.allow_private_targets is True
     assert config.static_upstreams == ()
+
+
+class TestSeveralUsers:
+    def test_every_user_of_the_summary_is_a_wallet(self) -> None:
+        """A summary with a ``users`` list gives a wallet per user, in its order (``user`` is ignored)."""
+        config = RouterConfig.for_devnet(SEVERAL)
+        assert (config.private_key, config.private_keys) == (None, USERS)
+        assert config.wallet_keys == USERS
+
+    @pytest.mark.parametrize(("wallets", "keys"), [(1, USERS[:1]), (2, USERS[:2]), (3, USERS)])
+    def test_wallets_keeps_the_first_n(self, wallets: int, keys: tuple[str, ...]) -> None:
+        """``wallets=N`` keeps the first N users; one wallet is the one-wallet ``private_key``."""
+        config = RouterConfig.for_devnet(SEVERAL, wallets=wallets)
+        assert config.wallet_keys == keys
+        assert config.private_key == (keys[0] if wallets == 1 else None)
+
+    @pytest.mark.parametrize("wallets", [0, 4, -1, True])
+    def test_wallets_beyond_the_users_is_a_config_error(self, wallets: int) -> None:
+        """``wallets`` must be 1 to the number of users the devnet funded."""
+        with pytest.raises(ConfigError) as caught:
+            RouterConfig.for_devnet(SEVERAL, wallets=wallets)
+        assert str(caught.value) == (
+            f"RouterConfig.for_devnet: wallets must be 1-3 (the devnet's funded users), got {wallets!r}"
+        )
+
+    def test_a_summary_without_users_has_its_one_user(self) -> None:
+        """An older summary (``user`` only) is one wallet; ``wallets=1`` is all it can keep."""
+        assert RouterConfig.for_devnet(LINE, wallets=1).wallet_keys == (USER_KEY,)
+        with pytest.raises(ConfigError, match="wallets must be 1-1"):
+            RouterConfig.for_devnet(LINE, wallets=2)
+
+    @pytest.mark.parametrize(
+        "change", [{"private_key": USERS[2]}, {"private_keys": (USERS[2], USERS[0])}], ids=["one", "several"]
+    )
+    def test_a_key_given_as_a_change_replaces_the_devnets_wallets(self, change: dict[str, Any]) -> None:
+        """``private_key=`` or ``private_keys=`` among the changes replaces every devnet wallet (no
+        "both given" error from the devnet's own keys)."""
+        config = RouterConfig.for_devnet(SEVERAL, **change)
+        assert config.wallet_keys == tuple(change.get("private_keys", (change.get("private_key"),)))
+
+    def test_a_user_without_a_key_is_named(self) -> None:
+        """A ``users`` entry without a key is named by its place in the list."""
+        broken = {**SEVERAL, "users": [SEVERAL["users"][0], {"address": "0x" + "00" * 20}]}
+        with pytest.raises(ConfigError) as caught:
+            RouterConfig.for_devnet(broken)
+        assert str(caught.value) == (
+            "RouterConfig.for_devnet: the devnet summary lacks users[1].private_key; it takes a running "
+            "Devnet, the line `zg-router devnet --json` prints, or the dict it parses to"
+        )
 
 
 def test_keyword_changes_replace_fields() -> None:

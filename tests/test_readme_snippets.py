@@ -41,6 +41,7 @@ EXPECTED = {
         r"\{'available': '\d+', 'total': '\d+', .*\}",
         r"200 0x[0-9a-fA-F]{40} verified",
     ],
+    "scripted providers, no network": ["hi from b"],
 }
 
 

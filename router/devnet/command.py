@@ -11,15 +11,25 @@ import secrets
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from router.client import Router
 from router.config import GatewayConfig, RouterConfig
-from router.devnet.network import USER_KEY_INDEX, Devnet, DevnetConfig, dev_private_key
+from router.devnet.network import Devnet, DevnetConfig, dev_private_key
 from router.devnet.simulator.spec import ProviderSpec
 from router.observability.logging import configure_logging
 from router.server.app import Gateway
 from router.server.command import serve
+
+# ``devnet`` flag -> the RateLimits field it sets for every provider (None: the spec's default).
+_LIMIT_FLAGS = {
+    "rpm": "requests_per_minute",
+    "burst": "burst",
+    "max_concurrent": "max_concurrent",
+    "tpm": "tokens_per_minute",
+    "ipm": "images_per_minute",
+}
 
 
 def devnet_config(args: argparse.Namespace) -> DevnetConfig:
@@ -28,11 +38,22 @@ def devnet_config(args: argparse.Namespace) -> DevnetConfig:
     models = itertools.cycle(args.models or [default.model])
     inputs = itertools.cycle(args.input_price or [default.input_price])
     outputs = itertools.cycle(args.output_price or [default.output_price])
+    given = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items()}
+    limits = replace(default.limits, **{k: v for k, v in given.items() if v is not None})
+    global_concurrent = args.global_concurrent
+    if global_concurrent is None:
+        global_concurrent = default.max_global_concurrent
     specs = tuple(
-        ProviderSpec(model=next(models), input_price=next(inputs), output_price=next(outputs))
+        ProviderSpec(
+            model=next(models),
+            input_price=next(inputs),
+            output_price=next(outputs),
+            limits=limits,
+            max_global_concurrent=global_concurrent,
+        )
         for _ in range(args.providers)
     )
-    return DevnetConfig(providers=specs, port=args.port)
+    return DevnetConfig(providers=specs, port=args.port, wallets=args.wallets)
 
 
 async def run_devnet(args: argparse.Namespace) -> int:
@@ -56,11 +77,13 @@ async def run_devnet(args: argparse.Namespace) -> int:
 async def _run_devnet_gateway(args: argparse.Namespace) -> int:
     api_key = args.api_key or "sk-devnet-" + secrets.token_hex(16)
     admin_key = args.admin_key or "zg-admin-devnet-" + secrets.token_hex(16)
+    config = devnet_config(args)
+    user_keys = [dev_private_key(index) for index in config.user_key_indexes()]
     # With --json, stdout carries the machine-readable line: the logs on stderr are JSON too.
     configure_logging(
         args.log_level,
         format=args.log_format or ("json" if args.json else "auto"),
-        secrets=[dev_private_key(USER_KEY_INDEX), api_key, admin_key],
+        secrets=[*user_keys, api_key, admin_key],
     )
     # Metrics on a free port, named in the output: two devnets on one machine must not collide.
     gateway_config = GatewayConfig(
@@ -70,7 +93,7 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
         admin_keys=(admin_key,),
         metrics_port=0,
     )
-    async with Devnet(devnet_config(args)) as devnet:
+    async with Devnet(config) as devnet:
         summary = devnet.summary()
 
         def announce(router: Router, gateway: Gateway) -> None:
@@ -87,6 +110,7 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
                 model = devnet.providers[0].spec.model
                 print(_try_it(gateway.url, api_key, admin_key, model, gateway.metrics_url), flush=True)
 
+        # for_devnet reads the summary's "users": the gateway spends from every funded wallet.
         await serve(RouterConfig.for_devnet(devnet), gateway_config, announce=announce)
     print("devnet stopped", file=sys.stderr)
     return 0
@@ -129,8 +153,9 @@ def _command(name: str) -> str:
 
 
 def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:
-    user = summary["user"]
+    user, users = summary["user"], summary["users"]
     assert isinstance(user, dict)
+    assert isinstance(users, list)
     lines = [
         f"0G devnet ready in {ready_seconds:.2f} s (Ctrl-C to stop)",
         f"  RPC            {summary['rpc_url']}  (chain id {summary['chain_id']})",
@@ -138,8 +163,11 @@ def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:
         f"  Inference      {summary['inference']}",
         f"  user           {user['address']}",
         f"  user key       {user['private_key']}  (anvil dev key: for this devnet only)",
-        "  providers:",
     ]
+    if len(users) > 1:
+        lines.append("  more users (address, key):")
+        lines += [f"    {u['address']}  {u['private_key']}" for u in users[1:]]
+    lines.append("  providers:")
     providers = summary["providers"]
     assert isinstance(providers, list)
     lines += [f"    {p['address']}  {p['model']:<20} {p['url']}  (admin {p['admin_url']})" for p in providers]

@@ -18,7 +18,7 @@ from router.errors import ProviderUnreachable, RouterError
 from router.observability.events import BackgroundError, Observer
 from router.pool.accounting import Accounts
 from router.pool.providers import Pool, ProviderKind, ProviderState
-from router.transport.http import HttpTransport
+from router.transport.base import ProviderTransport
 
 # A read of the chain is newer than any log of its block: logs sit inside the block, reads see its end.
 END_OF_BLOCK = 2**62
@@ -32,7 +32,7 @@ class BalanceSync:
     def __init__(
         self,
         chain: ChainClient,
-        transport: HttpTransport,
+        transport: ProviderTransport,
         pool: Pool,
         accounts: Accounts,
         *,
@@ -113,7 +113,7 @@ class BalanceSync:
             try:
                 await self.sync()
             except RouterError as exc:
-                self._emit(BackgroundError("balance-sync", str(exc)))
+                self._emit(BackgroundError("balance-sync", str(exc), wallet=self._user))
 
     def _chain_providers(self) -> list[ProviderState]:
         return [s for s in self._pool if s.info.kind is ProviderKind.CHAIN]
@@ -134,13 +134,17 @@ class BalanceSync:
             )
         except (ProviderUnreachable, RouterError) as exc:
             # Keep the last figure: our own running total still counts what we spent there.
-            self._emit(BackgroundError("unsettled-fee", f"{state.id}: {exc}"))
+            self._emit(BackgroundError("unsettled-fee", f"{state.id}: {exc}", wallet=self._user))
             return
         fee = doc.get("unsettledFee") if isinstance(doc, dict) else None
         try:
             amount = int(str(fee))
         except ValueError:
-            self._emit(BackgroundError("unsettled-fee", f"{state.id}: no unsettledFee in the answer"))
+            self._emit(
+                BackgroundError(
+                    "unsettled-fee", f"{state.id}: no unsettledFee in the answer", wallet=self._user
+                )
+            )
             return
         if amount < 0:
             return

@@ -203,7 +203,7 @@ class Funder:
             account.funding = FundingState.OK
         self._retry_at.pop(provider.lower(), None)
         self._ledger_when_low.pop(provider.lower(), None)
-        self._emit(Funded(provider, amount, result.tx_hash, manual=manual))
+        self._emit(Funded(self._user, provider, amount, result.tx_hash, manual=manual))
         self._on_funded(provider)
         return result
 
@@ -230,7 +230,7 @@ class Funder:
         if ledger < needed:
             self._failed(account, FundingState.LEDGER_LOW, message)
             raise FundingError(FundingState.LEDGER_LOW.value, message)
-        self._emit(FundingFailed(account.provider, FundingState.LEDGER_LOW.value, message))
+        self._emit(FundingFailed(self._user, account.provider, FundingState.LEDGER_LOW.value, message))
         return ledger
 
     async def _acknowledge(self, account: SubAccount) -> TxResult | None:
@@ -271,7 +271,7 @@ class Funder:
             self._retry_at[key] = self._clock() + self._options.funding_retry
         else:
             self._ledger_when_low[key] = self._accounts.ledger_available
-        self._emit(FundingFailed(account.provider, state.value, detail))
+        self._emit(FundingFailed(self._user, account.provider, state.value, detail))
 
 
 def _revert_message(exc: ContractRevert) -> str:

@@ -1,10 +1,12 @@
-"""Views of the wallet's money and the pool for the admin API, the CLI and the library. Pure functions.
+"""Views of the wallets' money and the pool for the admin API, the CLI and the library. Pure functions.
 
-Amounts are decimal strings of neuron (JSON numbers lose precision past 2**53).
+Amounts are decimal strings of neuron (JSON numbers lose precision past 2**53). Wallets are named by their
+checksummed addresses, in config order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from router.pool.accounting import Accounts, FundingState, SubAccount
@@ -34,7 +36,8 @@ def account_view(account: SubAccount) -> dict[str, Any]:
 
 
 def balance_report(accounts: Accounts, wallet: str, watcher_block: int | None) -> dict[str, Any]:
-    """The ledger, every sub-account we know, and the funding alerts."""
+    """One wallet's ledger, every sub-account it holds, and its funding alerts (each naming the wallet,
+    which one may read apart from its report)."""
     subs = sorted(accounts, key=lambda a: a.provider.lower())
     return {
         "wallet": wallet,
@@ -46,7 +49,7 @@ def balance_report(accounts: Accounts, wallet: str, watcher_block: int | None) -
         },
         "accounts": [account_view(a) for a in subs],
         "alerts": [
-            {"provider": a.provider, "state": a.funding.value, "detail": a.funding_detail}
+            {"wallet": wallet, "provider": a.provider, "state": a.funding.value, "detail": a.funding_detail}
             for a in subs
             if a.funding in ALERT_STATES
         ],
@@ -54,15 +57,24 @@ def balance_report(accounts: Accounts, wallet: str, watcher_block: int | None) -
     }
 
 
-def providers_report(pool: Pool, accounts: Accounts | None, now: float) -> list[dict[str, Any]]:
-    """Every provider in the pool: what it serves, its limits and health, and our balance there."""
+def providers_report(pool: Pool, wallets: Mapping[str, Accounts], now: float) -> list[dict[str, Any]]:
+    """Every provider in the pool: what it serves, its limits, health and lanes, and each wallet's
+    balance there (``wallets``: each wallet's address and book)."""
     report = []
     for state in sorted(pool, key=lambda s: s.id.lower()):
-        detail = provider_detail(state, now)
+        detail = provider_detail(state, now, pool.capacity)
         detail["models"] = list(state.info.models)
-        detail["limiter"] = {"in_flight": state.gate.in_flight, "has_token": state.gate.has_token()}
         detail["attestation"] = attestation(state)
-        account = accounts.get(state.id) if accounts is not None else None
-        detail["balance"] = account_view(account) if account is not None else None
+        detail["balances"] = provider_balances(state.id, wallets)
         report.append(detail)
     return report
+
+
+def provider_balances(provider: str, wallets: Mapping[str, Accounts]) -> dict[str, dict[str, Any] | None]:
+    """Each wallet's sub-account at ``provider`` by wallet address, None for a wallet without one (and
+    for a static upstream, which no wallet pays)."""
+    views: dict[str, dict[str, Any] | None] = {}
+    for wallet, accounts in wallets.items():
+        account = accounts.get(provider)
+        views[wallet] = account_view(account) if account is not None else None
+    return views

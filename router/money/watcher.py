@@ -85,7 +85,7 @@ class SettlementWatcher:
                 caught_up = await self.step()
             except RouterError as exc:
                 if not failing:
-                    self._emit(BackgroundError("settlement-watcher", str(exc)))
+                    self._emit(BackgroundError("settlement-watcher", str(exc), wallet=self._user))
                 failing = True
                 delay = min(MAX_BACKOFF, max(delay, self._interval) * 2)
                 continue
@@ -107,7 +107,7 @@ class SettlementWatcher:
         if safe < self.cursor:
             # Reported even with nothing new: every pass that read the chain says the watcher is alive,
             # which is what tells a dashboard an RPC outage is over.
-            self._emit(WatcherProgress(self.cursor - 1, head))
+            self._emit(WatcherProgress(self._user, self.cursor - 1, head))
             return True
         to_block = min(safe, self.cursor + MAX_RANGE - 1)
         to_hash = await chain.block_hash(to_block)
@@ -119,12 +119,16 @@ class SettlementWatcher:
         self.cursor = to_block + 1
         self._last = (to_block, to_hash) if to_hash is not None else None
         self._forget_before(self.cursor - REWIND)
-        self._emit(WatcherProgress(to_block, head))
+        self._emit(WatcherProgress(self._user, to_block, head))
         return to_block >= safe
 
     def _rewind(self, block: int) -> None:
         """The block we stopped at is no longer canonical: read again from ``REWIND`` blocks before it."""
-        self._emit(BackgroundError("settlement-watcher", f"chain reorganised at block {block}; re-reading"))
+        self._emit(
+            BackgroundError(
+                "settlement-watcher", f"chain reorganised at block {block}; re-reading", wallet=self._user
+            )
+        )
         self.cursor = max(0, block - REWIND + 1)
         self._last = None
         self._on_resync()
@@ -160,10 +164,10 @@ class SettlementWatcher:
                 )
             elif isinstance(event, FeesSpent) and provider is not None:
                 accounts.settled(provider, event.amount)
-                self._emit(Settled(provider, event.amount, log.block))
+                self._emit(Settled(self._user, provider, event.amount, log.block))
                 self._on_settled(provider)
             elif isinstance(event, SettlementResult) and event.status > SETTLEMENT_PARTIAL:
-                self._emit(SettlementRejected(event.status, event.unsettled, log.block))
+                self._emit(SettlementRejected(self._user, event.status, event.unsettled, log.block))
             elif isinstance(event, RefundQueued | AccountClosed):
                 # Pending refunds changed without a BalanceUpdated (or the account is gone): re-read.
                 self._on_resync()

@@ -1,6 +1,7 @@
 """What the core reports. ``pool``, ``policy`` and ``transport`` never log or count themselves: the dispatch
 loop and background tasks emit these events, and observers subscribed on the ``Router`` turn them into logs
-or metrics. Events carry no secrets: provider ids are public addresses or configured upstream names.
+or metrics. Events carry no secrets: provider ids are public addresses or configured upstream names, and
+money events name their ``wallet`` by its (checksummed) address, one of the router's configured wallets.
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ BACKGROUND_TASKS = (
 
 @dataclass(frozen=True, slots=True)
 class BackgroundError:
-    """A background task (one of ``BACKGROUND_TASKS``) failed one round; it tries again on its next tick."""
+    """A background task (one of ``BACKGROUND_TASKS``) failed one round; it tries again on its next tick.
+    ``wallet`` names the wallet whose money task it is (balance sync, fee reads, the watcher), else None."""
 
     task: str
     detail: str
+    wallet: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,10 @@ class Verified:
 
 @dataclass(frozen=True, slots=True)
 class Funded:
-    """The funder (or an operator) moved ``amount`` neuron from the ledger into a provider sub-account."""
+    """The funder (or an operator) moved ``amount`` neuron from ``wallet``'s ledger into its sub-account
+    at ``provider``."""
 
+    wallet: str
     provider: str
     amount: int
     tx_hash: str
@@ -109,8 +114,10 @@ class Funded:
 
 @dataclass(frozen=True, slots=True)
 class FundingFailed:
-    """A provider could not be funded; ``state`` is ``ledger_low``, ``provider_cap`` or ``failed``."""
+    """``wallet`` could not fund its sub-account at ``provider``; ``state`` is ``ledger_low``,
+    ``provider_cap`` or ``failed``."""
 
+    wallet: str
     provider: str
     state: str
     detail: str
@@ -118,8 +125,9 @@ class FundingFailed:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """A settlement of our fees at ``provider`` landed on chain (seen by the watcher)."""
+    """A settlement of ``wallet``'s fees at ``provider`` landed on chain (seen by its watcher)."""
 
+    wallet: str
     provider: str
     amount: int
     block: int
@@ -127,8 +135,9 @@ class Settled:
 
 @dataclass(frozen=True, slots=True)
 class SettlementRejected:
-    """A provider's settlement for our wallet failed on chain (status 2-5): nothing was charged."""
+    """A provider's settlement for ``wallet`` failed on chain (status 2-5): nothing was charged."""
 
+    wallet: str
     status: int
     amount: int
     block: int
@@ -136,8 +145,10 @@ class SettlementRejected:
 
 @dataclass(frozen=True, slots=True)
 class WatcherProgress:
-    """The settlement watcher has applied every money log up to ``block``; the chain head is at ``head``."""
+    """``wallet``'s settlement watcher has applied every money log up to ``block``; the chain head is at
+    ``head``."""
 
+    wallet: str
     block: int
     head: int
 

@@ -212,7 +212,7 @@ class LogObserver:
         elif isinstance(event, BreakerChanged):
             log.info("breaker", provider=event.provider, state=event.state)
         elif isinstance(event, BackgroundError):
-            log.warning("background task failed", task=event.task, detail=event.detail)
+            log.warning("background task failed", task=event.task, wallet=event.wallet, detail=event.detail)
         elif isinstance(event, Verified):
             level = log.warning if event.outcome == "failed" else log.info
             level(
@@ -227,11 +227,34 @@ class LogObserver:
             log.warning("rpc call failed", endpoint=event.endpoint, detail=event.detail)
         elif isinstance(event, Funded):
             log.info(
-                "funded", provider=event.provider, amount=event.amount, tx=event.tx_hash, manual=event.manual
+                "funded",
+                wallet=event.wallet,
+                provider=event.provider,
+                amount=event.amount,
+                tx=event.tx_hash,
+                manual=event.manual,
             )
         elif isinstance(event, FundingFailed):
-            log.error("funding failed", provider=event.provider, state=event.state, detail=event.detail)
+            log.error(
+                "funding failed",
+                wallet=event.wallet,
+                provider=event.provider,
+                state=event.state,
+                detail=event.detail,
+            )
         elif isinstance(event, Settled):
-            log.info("settled", provider=event.provider, amount=event.amount, block=event.block)
+            log.info(
+                "settled",
+                wallet=event.wallet,
+                provider=event.provider,
+                amount=event.amount,
+                block=event.block,
+            )
         elif isinstance(event, SettlementRejected):
-            log.warning("settlement rejected", status=event.status, amount=event.amount, block=event.block)
+            log.warning(
+                "settlement rejected",
+                wallet=event.wallet,
+                status=event.status,
+                amount=event.amount,
+                block=event.block,
+            )

@@ -5,13 +5,16 @@ state (pool, limits, breakers, balances, the admission queue) are read from the 
 scrapes, so keeping them costs the request path nothing.
 
 Labels stay bounded: ``provider`` is a pool member's id (a public address or an upstream's configured
-name), ``model`` is a model the pool knows (any other name a client sends counts as ``unknown``), and the
-rest are fixed sets. Keys, users, request ids and free text never become labels.
+name), ``model`` is a model the pool knows (any other name a client sends counts as ``unknown``),
+``wallet`` is one of the router's configured wallets (its checksummed address; at most ``MAX_WALLETS``,
+and only the router's own wallet services emit money events), and the rest are fixed sets. Keys, request
+ids and free text never become labels.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -63,6 +66,9 @@ class Metrics:
         self._router = router
         self._by_request: dict[tuple[str, str, int], _RequestSeries] = {}
         self._by_provider: dict[str, _ProviderSeries] = {}
+        self._by_wallet: dict[str, _WalletSeries] = {}
+        # Registered first, so that the wallets it starts at each scrape (below) show in that scrape.
+        registry.register(_StateCollector(router, self._wallet))
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(PREFIX + name, doc, tuple(labels), registry=registry)
@@ -100,17 +106,21 @@ class Metrics:
         )
         self.funding = counter(
             "funding_transactions",
-            "Top-ups sent from the ledger to a provider sub-account (auto or manual).",
-            ("provider", "trigger"),
+            "Top-ups sent from a wallet's ledger to its sub-account at a provider (auto or manual).",
+            ("provider", "wallet", "trigger"),
         )
-        self.funded = counter("funded_neuron", "Neuron moved into provider sub-accounts.", ("provider",))
+        self.funded = counter(
+            "funded_neuron", "Neuron moved into provider sub-accounts.", ("provider", "wallet")
+        )
         self.funding_failures = counter(
-            "funding_failures", "Providers that could not be funded, by reason.", ("reason",)
+            "funding_failures", "Sub-accounts a wallet could not fund, by reason.", ("wallet", "reason")
         )
-        self.settlements = counter("settlements", "Settlements of our fees seen on chain.", ("provider",))
-        self.settled = counter("settled_neuron", "Fees settled on chain (neuron).", ("provider",))
+        self.settlements = counter(
+            "settlements", "Settlements of a wallet's fees seen on chain.", ("provider", "wallet")
+        )
+        self.settled = counter("settled_neuron", "Fees settled on chain (neuron).", ("provider", "wallet"))
         self.settlement_rejections = counter(
-            "settlement_rejections", "Settlements for our wallet that failed on chain."
+            "settlement_rejections", "Settlements for a wallet that failed on chain.", ("wallet",)
         )
         self.verifications = counter(
             "verifications",
@@ -124,29 +134,31 @@ class Metrics:
             "chain_rpc_errors", "Failed JSON-RPC calls, by endpoint (scheme://host:port).", ("endpoint",)
         )
         self.watcher_block = Gauge(
-            PREFIX + "watcher_block", "Last block the settlement watcher applied.", registry=registry
+            PREFIX + "watcher_block",
+            "Last block a wallet's settlement watcher applied.",
+            ("wallet",),
+            registry=registry,
         )
-        self._watcher = watcher = _WatcherLag(router.now)
-        Gauge(
+        self.watcher_lag = Gauge(
             PREFIX + "watcher_lag_blocks",
-            "Blocks between the chain head and the watcher's last applied block; while the watcher cannot "
-            "read the chain, estimated from the head's observed pace since its last pass.",
+            "Blocks between the chain head and a wallet's watcher's last applied block; while the watcher "
+            "cannot read the chain, estimated from the head's observed pace since its last pass.",
+            ("wallet",),
             registry=registry,
-        ).set_function(watcher.blocks)
-        Gauge(
+        )
+        self.watcher_stalled = Gauge(
             PREFIX + "watcher_stalled_seconds",
-            "Seconds since the watcher's last pass while its passes fail (an RPC outage); 0 while they "
-            "succeed.",
+            "Seconds since a wallet's watcher's last pass while its passes fail (an RPC outage); 0 while "
+            "they succeed.",
+            ("wallet",),
             registry=registry,
-        ).set_function(watcher.stalled)
+        )
         Gauge(
             PREFIX + "build_info", "The running zg-router version.", ("version",), registry=registry
         ).labels(_version()).set(1)
         # Fixed label sets start at zero: a dashboard shows "none" rather than "no data".
         for reason in FAILOVER_REASONS:
             self.failovers.labels(reason)
-        for reason in FUNDING_FAILURES:
-            self.funding_failures.labels(reason)
         for task in BACKGROUND_TASKS:
             self.background_errors.labels(task)
         if router.config.network is not None:
@@ -154,8 +166,6 @@ class Metrics:
 
             for url in router.config.network.rpc_urls:
                 self.rpc_errors.labels(redact_url(url))
-        self.settlement_rejections.inc(0)
-        registry.register(_StateCollector(router))
         router.subscribe(self)
 
     def __call__(self, event: Event) -> None:
@@ -166,26 +176,39 @@ class Metrics:
             if event.verdict in FAILOVER_REASONS:
                 self.failovers.labels(event.verdict).inc()
         elif isinstance(event, WatcherProgress):
-            self.watcher_block.set(event.block)
-            self._watcher.progress(event.block, event.head)
+            wallet = self._wallet(event.wallet)
+            wallet.block.set(event.block)
+            wallet.lag.progress(event.block, event.head)
         elif isinstance(event, RpcFailed):
             self.rpc_errors.labels(event.endpoint).inc()
         elif isinstance(event, Funded):
-            self.funding.labels(event.provider, "manual" if event.manual else "auto").inc()
-            self.funded.labels(event.provider).inc(event.amount)
+            self._wallet(event.wallet)
+            trigger = "manual" if event.manual else "auto"
+            self.funding.labels(event.provider, event.wallet, trigger).inc()
+            self.funded.labels(event.provider, event.wallet).inc(event.amount)
         elif isinstance(event, FundingFailed):
-            self.funding_failures.labels(event.state).inc()
+            self._wallet(event.wallet)
+            self.funding_failures.labels(event.wallet, event.state).inc()
         elif isinstance(event, Settled):
-            self.settlements.labels(event.provider).inc()
-            self.settled.labels(event.provider).inc(event.amount)
+            self._wallet(event.wallet)
+            self.settlements.labels(event.provider, event.wallet).inc()
+            self.settled.labels(event.provider, event.wallet).inc(event.amount)
         elif isinstance(event, SettlementRejected):
-            self.settlement_rejections.inc()
+            self._wallet(event.wallet).rejections.inc()
         elif isinstance(event, BackgroundError):
             self.background_errors.labels(event.task).inc()
-            if event.task == WATCHER_TASK:
-                self._watcher.failed()
+            if event.task == WATCHER_TASK and event.wallet is not None:
+                self._wallet(event.wallet).lag.failed()
         elif isinstance(event, Verified):
             self.verifications.labels(event.provider, event.outcome).inc()
+
+    def _wallet(self, address: str) -> _WalletSeries:
+        """A wallet's series, started (at zero) the first time the wallet is seen: by a scrape of the
+        router's wallets or by one of the wallet's events, whichever comes first."""
+        series = self._by_wallet.get(address)
+        if series is None:
+            series = self._by_wallet[address] = _WalletSeries(self, address)
+        return series
 
     def _finished(self, event: RequestFinished) -> None:
         model = event.model if self._router.pool.knows_model(event.model) else UNKNOWN_MODEL
@@ -233,6 +256,21 @@ class _ProviderSeries:
     def __init__(self, metrics: Metrics, provider: str) -> None:
         self.ok = metrics.attempts.labels(provider, "ok")
         self.cost = metrics.cost.labels(provider)
+
+
+class _WalletSeries:
+    """One wallet's watcher gauges and rejection counter, and its funding failures started at zero."""
+
+    __slots__ = ("block", "lag", "rejections")
+
+    def __init__(self, metrics: Metrics, wallet: str) -> None:
+        self.block = metrics.watcher_block.labels(wallet)
+        self.lag = _WatcherLag(metrics._router.now)
+        metrics.watcher_lag.labels(wallet).set_function(self.lag.blocks)
+        metrics.watcher_stalled.labels(wallet).set_function(self.lag.stalled)
+        self.rejections = metrics.settlement_rejections.labels(wallet)
+        for reason in FUNDING_FAILURES:
+            metrics.funding_failures.labels(wallet, reason)
 
 
 class _WatcherLag:
@@ -285,11 +323,13 @@ _TOKENS = ("model", "kind")
 
 
 class _StateCollector(Collector):
-    """Gauges read from the router at scrape time: the pool, each provider's limits, breaker and balance,
-    the admission queue and the ledger."""
+    """Gauges read from the router at scrape time: the pool, each provider's limits and breaker, the
+    admission queue, and each wallet's ledger and sub-accounts (``start_wallet`` starts each wallet's
+    other series too, so a configured wallet shows zeros before its first event)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, start_wallet: Callable[[str], object]) -> None:
         self._router = router
+        self._start_wallet = start_wallet
 
     def describe(self) -> Iterable[Metric]:
         # Families without samples: the registry checks the names once without reading router state.
@@ -299,14 +339,24 @@ class _StateCollector(Collector):
         router, g = self._router, _Gauges()
         g.queue_depth.add_metric([], router.queued)
         now = router.now()
+        capacity = router.pool.capacity
+        # Lanes name their wallet in lowercase; the label shows it as the chain does.
+        wallets: dict[str | None, str] = {w.address.lower(): w.address for w in router.wallets}
         for state in router.pool:
             labels = [state.id]
-            health, gate = state.health, state.gate
+            health = state.health
             g.available.add_metric(labels, 1 if state.available(now) else 0)
-            g.in_flight.add_metric(labels, gate.in_flight)
-            g.max_concurrent.add_metric(labels, gate.max_concurrent)
-            g.limiter_tokens.add_metric(labels, gate.tokens())
-            g.limiter_capacity.add_metric(labels, gate.limiter.max_rate)
+            for lane in state.lanes:
+                view = capacity.view(lane, now)
+                lane_labels = [state.id, wallets.get(lane.wallet, "static")]
+                g.in_flight.add_metric(lane_labels, view.in_flight)
+                g.max_concurrent.add_metric(lane_labels, view.max_concurrent)
+                g.limiter_tokens.add_metric(lane_labels, math.floor(view.requests))
+                g.limiter_capacity.add_metric(lane_labels, view.request_capacity)
+                if view.tokens is not None:
+                    g.token_level.add_metric(lane_labels, view.tokens)
+                if view.images is not None:
+                    g.image_level.add_metric(lane_labels, view.images)
             current = health.state
             for each in BreakerState:
                 g.breaker.add_metric([state.id, each.value], 1 if each is current else 0)
@@ -314,12 +364,14 @@ class _StateCollector(Collector):
             g.error_rate.add_metric(labels, health.error_rate)
             if health.latency is not None:
                 g.latency.add_metric(labels, health.latency)
-        accounts = router.accounts
-        if accounts is not None:
+        for wallet in router.wallets:
+            self._start_wallet(wallet.address)
+            accounts = wallet.accounts
             for account in accounts:
-                g.balance.add_metric([account.provider], account.available)
-                g.unsettled.add_metric([account.provider], account.unsettled)
-            g.ledger.add_metric([], accounts.ledger_available)
+                labels = [account.provider, wallet.address]
+                g.balance.add_metric(labels, account.available)
+                g.unsettled.add_metric(labels, account.unsettled)
+            g.ledger.add_metric([wallet.address], accounts.ledger_available)
         return iter(g.all())
 
 
@@ -332,13 +384,28 @@ class _Gauges:
 
         self.queue_depth = gauge("queue_depth", "Requests waiting in the admission queue for a slot.", ())
         self.available = gauge("provider_available", "1 if the provider can take requests now.")
-        self.in_flight = gauge("provider_in_flight", "Requests in flight at the provider.")
-        self.max_concurrent = gauge("provider_max_concurrent", "The provider's concurrency limit for us.")
+        lane = ("provider", "wallet")
+        self.in_flight = gauge(
+            "provider_in_flight", "Requests in flight at the provider, per lane (wallet).", lane
+        )
+        self.max_concurrent = gauge(
+            "provider_max_concurrent", "The provider's concurrency limit for each of our wallets.", lane
+        )
         self.limiter_tokens = gauge(
-            "provider_limiter_tokens", "Requests our bucket for the provider would admit right now."
+            "provider_limiter_tokens", "Requests our bucket for the lane would admit right now.", lane
         )
         self.limiter_capacity = gauge(
-            "provider_limiter_capacity", "Size of our bucket for the provider (its burst less one)."
+            "provider_limiter_capacity", "Size of our request bucket for the lane (its burst less one).", lane
+        )
+        self.token_level = gauge(
+            "provider_token_level",
+            "Tokens left in the lane's per-minute token budget (negative: overdrawn); only where limited.",
+            lane,
+        )
+        self.image_level = gauge(
+            "provider_image_level",
+            "Images left in the lane's per-minute image budget (negative: overdrawn); only where limited.",
+            lane,
         )
         self.breaker = gauge(
             "provider_breaker_state",
@@ -350,12 +417,17 @@ class _Gauges:
         )
         self.error_rate = gauge("provider_error_rate", "Recent error rate (moving average) of attempts.")
         self.latency = gauge("provider_latency_seconds", "Recent latency (moving average) of replies.")
+        money = ("provider", "wallet")
         self.balance = gauge(
-            "provider_balance_neuron", "Sub-account balance available for new requests (neuron)."
+            "provider_balance_neuron", "Sub-account balance available for new requests (neuron).", money
         )
-        self.unsettled = gauge("provider_unsettled_neuron", "Fees not yet settled at the provider (neuron).")
+        self.unsettled = gauge(
+            "provider_unsettled_neuron", "Fees not yet settled at the provider (neuron).", money
+        )
         self.ledger = gauge(
-            "ledger_available_neuron", "The wallet's ledger balance not yet moved to providers (neuron).", ()
+            "ledger_available_neuron",
+            "A wallet's ledger balance not yet moved to providers (neuron).",
+            ("wallet",),
         )
 
     def all(self) -> list[GaugeMetricFamily]:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
-import math
-import re
+from collections.abc import Mapping
 from typing import Any
 
 from router.pool.providers import ProviderKind
@@ -19,6 +18,7 @@ class Verdict(enum.Enum):
     OK = "ok"
     UNHEALTHY = "unhealthy"  # 5xx, connect error, timeout: cool the provider down, fail over
     RATE_LIMITED = "rate_limited"  # 429: back off this (wallet, provider) pair, fail over
+    BUSY = "busy"  # 503 from the provider's global cap: hold off the provider on every lane, fail over
     UNFUNDED = "unfunded"  # our sub-account is too low there: exclude until funded, fail over
     MISCONFIGURED = "misconfigured"  # auth, acknowledgement, model, route or redirect there: fail over
     CLIENT_ERROR = "client_error"  # the request itself is wrong: return the provider's answer as is
@@ -81,6 +81,16 @@ def classify(status: int, body: bytes, kind: ProviderKind = ProviderKind.CHAIN) 
     return Verdict.CLIENT_ERROR
 
 
+# The broker's global concurrency cap (protocol.md §4.2) and its newer global RPM/TPM caps (§4.7).
+_GLOBAL_CAPS = (b"currently processing too many requests", b"Server is at capacity")
+
+
+def busy(status: int, headers: Mapping[str, str], body: bytes) -> bool:
+    """A 503 that is back-pressure, not ill health: one of the broker's global caps (by its body) or any
+    503 with ``Retry-After`` (the server says when to come back). The provider is fine; it is full."""
+    return status == 503 and ("Retry-After" in headers or any(cap in body for cap in _GLOBAL_CAPS))
+
+
 def json_object(body: bytes) -> dict[str, Any] | None:
     """``body`` parsed, if it is a JSON object; None for anything else (truncated, not JSON, nested too
     deeply, another JSON value)."""
@@ -106,32 +116,3 @@ def error_message(body: bytes) -> str:
         if isinstance(error, str):
             return error
     return body[:500].decode("utf-8", "replace")
-
-
-_DURATION = re.compile(
-    r"^\s*(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?\s*$"
-)
-
-
-# A provider's header is untrusted: no back-off longer than this, whatever it says.
-MAX_RESET_SECONDS = 3600.0
-
-
-def reset_seconds(value: str | None) -> float | None:
-    """Parse an ``x-ratelimit-reset-*`` value such as ``"2s"``, ``"1m30s"``, ``"250ms"`` or ``"3"``.
-
-    None for anything unparsable or not finite; at most ``MAX_RESET_SECONDS``.
-    """
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        match = _DURATION.match(value)
-        if match is None or not any(match.groups()):
-            return None
-        hours, minutes, secs, millis = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs + millis / 1000
-    if not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), MAX_RESET_SECONDS)

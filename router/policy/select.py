@@ -275,10 +275,12 @@ def rank(
     prefs: Preferences,
     strategy: Strategy,
     rng: random.Random,
+    load: Load,
 ) -> list[ProviderState]:
-    """``candidates`` in the order to try them: the preferred ``order`` first, then by strategy."""
+    """``candidates`` in the order to try them: the preferred ``order`` first, then by strategy.
+    ``load(provider)`` is the share of its concurrency in use (0..1), over its lanes."""
     sort = prefs.sort or strategy
-    keyed = _KEYS[sort](candidates, rng)
+    keyed = _KEYS[sort](candidates, rng, load)
     ranked = [state for _, state in sorted(zip(keyed, candidates, strict=True), key=lambda pair: pair[0])]
     if not prefs.order:
         return ranked
@@ -290,33 +292,36 @@ def _price_of(state: ProviderState) -> int:
     return state.info.input_price + state.info.output_price
 
 
-def _load(state: ProviderState) -> float:
-    return state.gate.in_flight / state.gate.max_concurrent
+Load = Callable[[ProviderState], float]
 
 
-def _by_price(candidates: Sequence[ProviderState], rng: random.Random) -> list[tuple[float, ...]]:
-    return [(_price_of(s), _load(s), rng.random()) for s in candidates]
+def _by_price(candidates: Sequence[ProviderState], rng: random.Random, load: Load) -> list[tuple[float, ...]]:
+    return [(_price_of(s), load(s), rng.random()) for s in candidates]
 
 
-def _by_latency(candidates: Sequence[ProviderState], rng: random.Random) -> list[tuple[float, ...]]:
+def _by_latency(
+    candidates: Sequence[ProviderState], rng: random.Random, load: Load
+) -> list[tuple[float, ...]]:
     # An unmeasured provider ranks first, so that it gets measured.
-    return [(s.health.latency or 0.0, _load(s), rng.random()) for s in candidates]
+    return [(s.health.latency or 0.0, load(s), rng.random()) for s in candidates]
 
 
-def _by_load(candidates: Sequence[ProviderState], rng: random.Random) -> list[tuple[float, ...]]:
-    return [(_load(s), s.health.error_rate, rng.random()) for s in candidates]
+def _by_load(candidates: Sequence[ProviderState], rng: random.Random, load: Load) -> list[tuple[float, ...]]:
+    return [(load(s), s.health.error_rate, rng.random()) for s in candidates]
 
 
-def _weighted_random(candidates: Sequence[ProviderState], rng: random.Random) -> list[tuple[float, ...]]:
+def _weighted_random(
+    candidates: Sequence[ProviderState], rng: random.Random, load: Load
+) -> list[tuple[float, ...]]:
     # Efraimidis-Spirakis: sorting by -u^(1/w) draws an order without replacement, weight w per provider.
     keys: list[tuple[float, ...]] = []
     for state in candidates:
-        weight = max(1e-6, (1.0 - _load(state)) * (1.0 - state.health.error_rate))
+        weight = max(1e-6, (1.0 - load(state)) * (1.0 - state.health.error_rate))
         keys.append((-(rng.random() ** (1.0 / weight)),))
     return keys
 
 
-def _balanced(candidates: Sequence[ProviderState], rng: random.Random) -> list[tuple[float, ...]]:
+def _balanced(candidates: Sequence[ProviderState], rng: random.Random, load: Load) -> list[tuple[float, ...]]:
     cheapest = min((_price_of(s) for s in candidates), default=0)
     latencies = [s.health.latency for s in candidates if s.health.latency is not None]
     fastest = min(latencies, default=0.0)
@@ -325,13 +330,13 @@ def _balanced(candidates: Sequence[ProviderState], rng: random.Random) -> list[t
         price = (_price_of(state) + 1) / (cheapest + 1)
         latency = state.health.latency
         speed = 1.0 if latency is None or fastest <= 0 else latency / fastest
-        score = 0.4 * price + 0.4 * speed + 1.0 * _load(state) + 2.0 * state.health.error_rate
+        score = 0.4 * price + 0.4 * speed + 1.0 * load(state) + 2.0 * state.health.error_rate
         # A little noise so that equal providers share the load.
         keys.append((score + 0.05 * rng.random(),))
     return keys
 
 
-_KEYS: dict[Strategy, Callable[[Sequence[ProviderState], random.Random], list[tuple[float, ...]]]] = {
+_KEYS: dict[Strategy, Callable[[Sequence[ProviderState], random.Random, Load], list[tuple[float, ...]]]] = {
     Strategy.BALANCED: _balanced,
     Strategy.PRICE: _by_price,
     Strategy.LATENCY: _by_latency,

@@ -1,10 +1,11 @@
-"""The admission queue: a request gets a slot at one of its ranked candidates, now or in FIFO order later.
+"""The admission queue: a request gets a lease on one of its ranked lanes, now or in FIFO order later.
 
-A request takes the first candidate that is available (breaker, exclusions), has a free concurrency slot,
-no 429 back-off and a token. If none has, it queues. One pump task hands freed capacity to queued requests
-in arrival order; it wakes when a slot is released, when a bucket's next token is due (a refill task waits
-for it in aiolimiter and banks it), or when a back-off or cooldown ends. A request still queued at its
-deadline gets ``Saturated`` (429) with a ``Retry-After`` estimate.
+A request takes the first lane that is available (breaker, exclusions) and whose capacity admits it (a
+concurrency slot, no back-off, a request token, token and image budget). If none does, it queues. One pump
+task hands freed capacity to queued requests in arrival order; it wakes when a lease is released or a
+breaker or exclusion changes (``wake``), and when the soonest bucket refill, back-off or cooldown among the
+queued requests' lanes is due. A request still queued at its deadline gets ``Saturated`` (429) with a
+``Retry-After`` estimate.
 """
 
 from __future__ import annotations
@@ -18,40 +19,46 @@ from types import TracebackType
 from typing import Self
 
 from router.errors import Saturated
+from router.pool.capacity import NO_DEMAND, Capacity, Demand, Lease
 from router.pool.health import BreakerState
-from router.pool.limits import Gate
-from router.pool.providers import ProviderState
+from router.pool.providers import Lane
 
 DEFAULT_MAX_QUEUED = 10_000
 
 
 class _Waiter:
-    __slots__ = ("candidates", "future")
+    __slots__ = ("demand", "future", "lanes")
 
-    def __init__(self, candidates: Sequence[ProviderState], future: asyncio.Future[ProviderState]) -> None:
-        self.candidates = candidates
+    def __init__(self, lanes: Sequence[Lane], demand: Demand, future: asyncio.Future[Lease]) -> None:
+        self.lanes = lanes
+        self.demand = demand
         self.future = future
 
 
 class Admission:
-    """Hands out provider slots. ``async with Admission() as admission:`` runs its pump task.
+    """Hands out lane leases. ``async with Admission(capacity) as admission:`` runs its pump task.
 
-    ``acquire`` returns the provider whose slot the caller now holds; the caller must ``release`` it
-    exactly once, also on error and cancellation.
+    ``acquire`` returns a lease the caller must release exactly once (``Lease.release``), also on error
+    and cancellation; the release wakes the queue through ``capacity.on_change``.
     """
 
     def __init__(
-        self, *, clock: Callable[[], float] | None = None, max_queued: int = DEFAULT_MAX_QUEUED
+        self,
+        capacity: Capacity,
+        *,
+        clock: Callable[[], float] | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
+        self.capacity = capacity
+        capacity.on_change = self.wake
         self._clock = clock
         self._max_queued = max_queued
         self._waiters: deque[_Waiter] = deque()
         self._changed = asyncio.Event()
-        self._refills: dict[Gate, asyncio.Task[None]] = {}
         self._pump: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Admission queued={len(self._waiters)} refills={len(self._refills)}>"
+        return f"<Admission queued={len(self._waiters)}>"
 
     @property
     def queued(self) -> int:
@@ -69,31 +76,28 @@ class Admission:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tasks = [t for t in (self._pump, *self._refills.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._pump is not None:
+            self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._refills.clear()
+                await self._pump
 
     def now(self) -> float:
         assert self._clock is not None, "Admission is not entered"
         return self._clock()
 
-    async def acquire(self, candidates: Sequence[ProviderState], deadline: float) -> ProviderState:
-        """A slot at the first ready candidate, waiting in the queue until ``deadline`` (clock time)."""
+    async def acquire(self, lanes: Sequence[Lane], deadline: float, demand: Demand = NO_DEMAND) -> Lease:
+        """A lease on the first ready lane, waiting in the queue until ``deadline`` (clock time)."""
         now = self.now()
         if not self._waiters:
-            for state in candidates:
-                if _ready(state, now):
-                    await _take(state)
-                    return state
+            lease = await self._take(lanes, demand, now)
+            if lease is not None:
+                return lease
         if len(self._waiters) >= self._max_queued:
             raise Saturated(
-                "the admission queue is full", headers={"Retry-After": str(retry_after(candidates, now))}
+                "the admission queue is full",
+                headers={"Retry-After": str(self.retry_after(lanes, now, demand))},
             )
-        waiter = _Waiter(candidates, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(lanes, demand, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._changed.set()
         try:
@@ -102,12 +106,12 @@ class Admission:
         except BaseException as exc:
             future = waiter.future
             if future.done() and not future.cancelled():
-                # The pump handed us a slot (and maybe a half-open probe) just as we gave up: give both back.
-                state = future.result()
-                state.health.abandon()
-                self.release(state)
+                # The pump handed us a lease (and maybe a half-open probe) just as we gave up: give both back.
+                lease = future.result()
+                lease.lane.provider.health.abandon()
+                lease.release()
             if isinstance(exc, TimeoutError):
-                retry = retry_after(candidates, self.now())
+                retry = self.retry_after(lanes, self.now(), demand)
                 raise Saturated(
                     "every provider for this request is at its rate or concurrency limit; "
                     f"try again in {retry} s",
@@ -118,15 +122,19 @@ class Admission:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
-    def release(self, state: ProviderState) -> None:
-        """Give back a slot taken by ``acquire``; wakes the queue. Synchronous, so safe in ``finally``."""
-        state.gate.release()
-        self.wake()
-
     def wake(self) -> None:
-        """Something changed (a slot, a breaker, an exclusion): let the pump look at the queue again."""
+        """Something changed (a lease, a breaker, an exclusion): let the pump look at the queue again."""
         if self._waiters:
             self._changed.set()
+
+    async def _take(self, lanes: Sequence[Lane], demand: Demand, now: float) -> Lease | None:
+        ready = [lane for lane in lanes if lane.available(now)]
+        if not ready:
+            return None
+        lease = await self.capacity.acquire(ready, demand, now)
+        if lease is not None:
+            lease.lane.provider.health.begin()
+        return lease
 
     async def _pump_forever(self) -> None:
         while True:
@@ -139,71 +147,54 @@ class Admission:
                 pass
 
     async def _assign(self) -> float | None:
-        """Serve queued requests in order; return how long until a blocked candidate may open up."""
+        """Serve queued requests in order; return how long until a blocked lane may open up. A lane that
+        could not serve an earlier request is not offered to a later one, so a large request is not
+        starved by smaller ones behind it."""
         now = self.now()
-        blocked: set[int] = set()
+        blocked: set[Lane] = set()
         soonest: float | None = None
         for waiter in list(self._waiters):
             if waiter.future.done():
                 continue
-            for state in waiter.candidates:
-                if id(state) in blocked:
+            lanes = [lane for lane in waiter.lanes if lane not in blocked]
+            lease = await self._take(lanes, waiter.demand, now) if lanes else None
+            if lease is not None:
+                if waiter.future.done():
+                    # It gave up while a backend that waits on I/O was deciding: the lease goes back.
+                    lease.lane.provider.health.abandon()
+                    lease.release()
                     continue
-                if _ready(state, now):
-                    await _take(state)
-                    waiter.future.set_result(state)
-                    self._waiters.remove(waiter)
-                    break
-                blocked.add(id(state))
-                wait = self._until_open(state, now)
+                waiter.future.set_result(lease)
+                self._waiters.remove(waiter)
+                continue
+            for lane in lanes:
+                blocked.add(lane)
+                wait = self._until_open(lane, waiter.demand, now)
                 if wait is not None:
                     soonest = wait if soonest is None else min(soonest, wait)
         return soonest
 
-    def _until_open(self, state: ProviderState, now: float) -> float | None:
-        """Seconds until ``state`` may be ready, or None when a release or refill will wake us anyway."""
-        if state.excluded_at(now) is not None:
-            return max(0.0, min(until for until in state.excluded.values() if until > now) - now)
+    def _until_open(self, lane: Lane, demand: Demand, now: float) -> float | None:
+        """Seconds until ``lane`` may be ready, or None when a release or ``wake`` will come anyway."""
+        state = lane.provider
+        exclusion = lane.excluded_at(now)
+        if exclusion is not None:
+            ends = [u for u in (*lane.excluded.values(), *state.excluded.values()) if u > now]
+            return max(0.0, min(ends, default=now) - now)
         if state.health.state is BreakerState.OPEN:
             return state.health.retry_in
         if not state.health.admits():
             return None  # a half-open probe is out; its release wakes us
-        gate = state.gate
-        if gate.in_flight >= gate.max_concurrent:
-            return None
-        if now < gate.blocked_until:
-            return gate.blocked_until - now
-        if gate not in self._refills:
-            task = asyncio.create_task(gate.refill(), name="admission-refill")
-            self._refills[gate] = task
-            task.add_done_callback(lambda _: self._refilled(gate))
-        return None
+        return self.capacity.wait(lane, demand, now)
 
-    def _refilled(self, gate: Gate) -> None:
-        self._refills.pop(gate, None)
-        self._changed.set()
-
-
-def _ready(state: ProviderState, now: float) -> bool:
-    return state.available(now) and state.gate.has_room(now) and state.gate.has_token()
-
-
-async def _take(state: ProviderState) -> None:
-    state.health.begin()
-    await state.gate.take()
-
-
-def retry_after(candidates: Sequence[ProviderState], now: float) -> int:
-    """Whole seconds until the soonest candidate is likely to take a request again, rounded up, at least
-    1: for each, the last of its breaker's reopening, its exclusion's end, its 429 back-off's end and its
-    next token. The ``Retry-After`` of both our 429 (queue) and our 503 (every candidate ejected)."""
-    waits = [
-        max(
-            state.gate.blocked_until - now,
-            state.health.retry_in,
-            max(state.excluded.values(), default=now) - now,
-            state.gate.seconds_per_request,
-        )
-        for state in candidates
-    ]
-    return max(1, math.ceil(min(waits, default=1.0)))
+    def retry_after(self, lanes: Sequence[Lane], now: float, demand: Demand = NO_DEMAND) -> int:
+        """Whole seconds until the soonest lane is likely to take a request again, rounded up, at least
+        1: for each, the last of its breaker's reopening, its exclusions' end and its capacity's wait
+        (back-off, next token). The ``Retry-After`` of both our 429 (queue) and our 503 (all ejected)."""
+        waits = []
+        for lane in lanes:
+            state = lane.provider
+            ends = [u - now for u in (*lane.excluded.values(), *state.excluded.values())]
+            capacity = self.capacity.wait(lane, demand, now)
+            waits.append(max(state.health.retry_in, *ends, capacity if capacity is not None else 1.0))
+        return max(1, math.ceil(min(waits, default=1.0)))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.pool.providers import Pool, ProviderState
+from router.pool.capacity import Capacity, LaneView
+from router.pool.providers import Lane, Pool, ProviderState
 
 
 def model_catalog(pool: Pool, now: float) -> list[dict[str, Any]]:
@@ -30,16 +31,17 @@ def model_catalog(pool: Pool, now: float) -> list[dict[str, Any]]:
                     "completion": {"min": str(min(completion)), "max": str(max(completion))},
                 },
                 "tee": any(s.info.verifiable for s in providers),
-                "provider_details": [provider_detail(s, now) for s in providers],
+                "provider_details": [provider_detail(s, now, pool.capacity) for s in providers],
             }
         )
     return catalog
 
 
-def provider_detail(state: ProviderState, now: float) -> dict[str, Any]:
-    """One provider as the model list and the admin view show it."""
-    info, health, gate = state.info, state.health, state.gate
+def provider_detail(state: ProviderState, now: float, capacity: Capacity) -> dict[str, Any]:
+    """One provider as the model list and the admin view show it, with each of its lanes."""
+    info, health, limits = state.info, state.health, state.info.limits
     excluded = state.excluded_at(now)
+    lanes = [lane_detail(lane, capacity.view(lane, now), now) for lane in state.lanes]
     return {
         "id": info.id,
         "kind": info.kind.value,
@@ -47,9 +49,11 @@ def provider_detail(state: ProviderState, now: float) -> dict[str, Any]:
         "pricing": {"prompt": str(info.input_price), "completion": str(info.output_price)},
         "verifiability": info.verifiability,
         "limits": {
-            "requests_per_minute": info.limits.requests_per_minute,
-            "burst": info.limits.burst,
-            "max_concurrent": info.limits.max_concurrent,
+            "requests_per_minute": limits.requests_per_minute,
+            "burst": limits.burst,
+            "max_concurrent": limits.max_concurrent,
+            "tokens_per_minute": limits.tokens_per_minute or None,
+            "images_per_minute": limits.images_per_minute or None,
         },
         "health": {
             "breaker": health.state.value,
@@ -57,7 +61,23 @@ def provider_detail(state: ProviderState, now: float) -> dict[str, Any]:
             "ttft_ms": None if health.ttft is None else round(health.ttft * 1000, 2),
             "error_rate": round(health.error_rate, 4),
         },
-        "in_flight": gate.in_flight,
+        "in_flight": sum(lane["in_flight"] for lane in lanes),
+        "excluded": excluded.value if excluded else None,
+        "lanes": lanes,
+    }
+
+
+def lane_detail(lane: Lane, view: LaneView, now: float) -> dict[str, Any]:
+    """One (wallet, provider) lane: what its capacity holds now and whether it is left out."""
+    excluded = lane.excluded_at(now)
+    return {
+        "wallet": lane.wallet,
+        "in_flight": view.in_flight,
+        "max_concurrent": view.max_concurrent,
+        "requests_left": round(view.requests, 2),
+        "tokens_left": None if view.tokens is None else round(view.tokens),
+        "images_left": None if view.images is None else round(view.images, 2),
+        "blocked_for": round(view.blocked_for, 3),
         "excluded": excluded.value if excluded else None,
     }
 

@@ -19,6 +19,15 @@ class Charge(NamedTuple):
     cost: int | None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    images: int | None = None
+
+    @property
+    def tokens(self) -> int | None:
+        """The tokens the reply says it used, as a provider's token budget counts them."""
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        if isinstance(prompt, int) and isinstance(completion, int):
+            return prompt + completion
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,9 @@ def reply_charge(pricing: Pricing, doc: Mapping[str, Any], *, images: bool = Fal
     of the output when there is no usage."""
     if images:
         data = doc.get("data")
-        return Charge(len(data) * pricing.output_price if isinstance(data, list) else None)
+        if not isinstance(data, list):
+            return Charge(None)
+        return Charge(len(data) * pricing.output_price, images=len(data))
     usage = doc.get("usage")
     charge = pricing.usage_charge(usage if isinstance(usage, dict) else None)
     if charge.cost is not None:

@@ -1,21 +1,26 @@
 """The provider pool: who can serve what, at which price and limits, and how each is doing. Sync, no I/O.
 
 Discovery hands the pool complete ``ProviderInfo`` snapshots; the pool keeps one ``ProviderState`` per
-provider across refreshes, so health, in-flight slots and back-offs survive a refresh that only changed a
-price.
+provider across refreshes, so health, lanes and exclusions survive a refresh that only changed a price.
+Each provider has one ``Lane`` per wallet that can pay it (one for a static upstream): the unit that
+capacity, admission and balance holds count by, because the broker counts every limit per wallet.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from router.pool.health import BreakerState, Health, HealthPolicy
-from router.pool.limits import Gate, ProviderLimits
+from router.pool.limits import ProviderLimits
 from router.pool.pricing import PriceTier, Pricing
 from router.pool.trust import Trust
+
+if TYPE_CHECKING:
+    from router.pool.capacity import Capacity
 
 
 class ProviderKind(enum.Enum):
@@ -71,24 +76,65 @@ class Exclusion(enum.Enum):
     UNTRUSTED = "untrusted"  # one of its responses failed TEE verification
 
 
-class ProviderState:
-    """One provider's live record: its info, health, admission gate and exclusions."""
+class Lane:
+    """One (wallet, provider) pair. ``wallet`` is the paying wallet's lowercase address (None for a
+    static upstream, which our wallets do not pay). Exclusions here are the wallet's own at that provider
+    (its sub-account is short, its session token refused); the provider's are on ``provider``."""
 
-    __slots__ = ("excluded", "gate", "health", "info", "trust")
+    __slots__ = ("excluded", "key", "provider", "wallet")
 
-    def __init__(self, info: ProviderInfo, health: Health, gate: Gate) -> None:
-        self.info = info
-        self.health = health
-        self.gate = gate
+    def __init__(self, provider: ProviderState, wallet: str | None) -> None:
+        self.provider = provider
+        self.wallet = wallet
+        self.key = f"{wallet or 'static'}/{provider.id.lower()}"
         self.excluded: dict[Exclusion, float] = {}
-        self.trust = Trust(signer=info.tee_signer)
 
     def __repr__(self) -> str:
-        return f"<Provider {self.info.id} {self.health!r} {self.gate!r}>"
+        return f"<Lane {self.key}>"
+
+    def exclude(self, reason: Exclusion, until: float) -> None:
+        self.excluded[reason] = max(until, self.excluded.get(reason, until))
+
+    def excluded_at(self, now: float) -> Exclusion | None:
+        for reason, until in self.excluded.items():
+            if now < until:
+                return reason
+        return self.provider.excluded_at(now)
+
+    def available(self, now: float) -> bool:
+        """Neither the lane nor its provider excluded, and the provider's breaker lets a request through
+        (limits aside)."""
+        if self.excluded and self.excluded_at(now) is not None:
+            return False
+        return self.provider.available(now)
+
+
+class ProviderState:
+    """One provider's live record: its info, health, trust, exclusions and lanes."""
+
+    __slots__ = ("excluded", "health", "info", "lanes", "trust")
+
+    def __init__(self, info: ProviderInfo, health: Health, wallets: Sequence[str | None]) -> None:
+        self.info = info
+        self.health = health
+        self.excluded: dict[Exclusion, float] = {}
+        self.trust = Trust(signer=info.tee_signer)
+        self.lanes = tuple(Lane(self, wallet) for wallet in wallets)
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.info.id} {self.health!r} lanes={len(self.lanes)}>"
 
     @property
     def id(self) -> str:
         return self.info.id
+
+    def lane(self, wallet: str | None) -> Lane | None:
+        """The lane of ``wallet`` (any case) at this provider, if it has one."""
+        key = wallet.lower() if wallet is not None else None
+        for lane in self.lanes:
+            if lane.wallet == key:
+                return lane
+        return None
 
     def exclude(self, reason: Exclusion, until: float) -> None:
         self.excluded[reason] = max(until, self.excluded.get(reason, until))
@@ -101,7 +147,7 @@ class ProviderState:
 
     def available(self, now: float) -> bool:
         """Not excluded and its breaker lets a request through (limits aside)."""
-        return self.excluded_at(now) is None and self.health.admits()
+        return (not self.excluded or self.excluded_at(now) is None) and self.health.admits()
 
 
 class Pool:
@@ -112,14 +158,17 @@ class Pool:
         health_policy: HealthPolicy | None = None,
         *,
         clock: Callable[[], float],
-        rate_margin: float = 1.0,
+        capacity: Capacity,
+        wallets: Sequence[str] = (),
         on_breaker: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
-        """``on_breaker(provider_id, state)`` hears every breaker opening and closing."""
+        """Chain providers get a lane per wallet in ``wallets`` (addresses, any case); ``capacity``
+        counts every lane. ``on_breaker(provider_id, state)`` hears every breaker opening and closing."""
         self._on_breaker = on_breaker
         self._health_policy = health_policy or HealthPolicy()
         self._clock = clock
-        self._rate_margin = rate_margin
+        self.capacity = capacity
+        self._wallets = tuple(wallet.lower() for wallet in wallets)
         self._providers: dict[str, ProviderState] = {}
         self._index: dict[tuple[str, str], list[ProviderState]] = {}
         self._by_model: dict[str, list[ProviderState]] = {}
@@ -131,6 +180,11 @@ class Pool:
 
     def __iter__(self) -> Iterator[ProviderState]:
         return iter(list(self._providers.values()))
+
+    @property
+    def wallets(self) -> tuple[str, ...]:
+        """The wallets (lowercase addresses) that get a lane at every chain provider."""
+        return self._wallets
 
     def get(self, provider_id: str) -> ProviderState | None:
         return self._providers.get(provider_id.lower())
@@ -144,15 +198,20 @@ class Pool:
         for key, state in list(self._providers.items()):
             if state.info.kind is kind and key not in fresh:
                 del self._providers[key]
+                for lane in state.lanes:
+                    self.capacity.forget(lane)
+        wallets: Sequence[str | None] = self._wallets if kind is ProviderKind.CHAIN else (None,)
         for key, info in fresh.items():
             known = self._providers.get(key)
             if known is None:
-                gate = Gate(info.limits, self._rate_margin)
                 health = Health(self._health_policy, self._clock, self._breaker_hook(info.id))
-                self._providers[key] = ProviderState(info, health, gate)
+                state = self._providers[key] = ProviderState(info, health, wallets)
+                for lane in state.lanes:
+                    self.capacity.configure(lane, info.limits)
             else:
                 if info.limits != known.info.limits:
-                    known.gate.reconfigure(info.limits, self._rate_margin)
+                    for lane in known.lanes:
+                        self.capacity.configure(lane, info.limits)
                 if known.trust.new_signer(info.tee_signer):
                     # What the old key verified says nothing of the new one, nor does a failure under it.
                     known.excluded.pop(Exclusion.UNTRUSTED, None)

@@ -1,10 +1,14 @@
-"""The admin API: the wallet's balances, the pool, and moving money, behind admin-scoped keys.
+"""The admin API: the wallets' balances, the pool, and moving money, behind admin-scoped keys.
 
-    GET  /admin/balance     ledger, every sub-account, funding alerts
-    GET  /admin/providers   the pool: models, prices, limits, health, in-flight, our balance at each
-    POST /admin/fund        {"provider": "0x…", "amount": "1.5"}   (0G) ledger → sub-account
-    POST /admin/refund      {"providers": ["0x…"]} (optional; default every funded provider)
+    GET  /admin/balance     {"wallets": [...]}: each wallet's ledger, sub-accounts and funding alerts
+    GET  /admin/providers   the pool: models, prices, limits, health, in-flight, each wallet's balance
+    POST /admin/fund        {"provider": "0x…", "amount": "1.5", "wallet": "0x…"}   (0G) ledger → sub-account
+    POST /admin/refund      {"providers": ["0x…"], "wallet": "0x…"} (both optional; default every funded
+                            provider of every wallet)
     GET  /admin/verify/{chat_id}   a past response's TEE verdict (by x-zg-chat-id): last 10,000, 20 min
+
+``wallet`` is an address in any case: a router of several wallets needs it to fund (400 without it), and
+a wallet it does not have is 404 ``wallet_not_found``.
 
 Gateway API keys do not open these routes: only the keys in ``admin_keys`` do, and with none configured
 the routes answer 403. Errors are OpenAI-shaped like the rest of the gateway.
@@ -117,8 +121,12 @@ async def _fund(request: web.Request, router: Router) -> web.Response:
     if not isinstance(provider, str) or not _ADDRESS.match(provider):
         raise _BadInput("`provider` must be a provider address (0x and 40 hex digits)", "provider")
     amount = parse_amount(body.get("amount"))
-    result = await router.fund(provider, amount)
-    return web.json_response({"provider": provider, "amount": str(amount), **_tx(result)})
+    wallet = _wallet_param(body)
+    result = await router.fund(provider, amount, wallet=wallet)
+    # The fund succeeded, so ``wallet`` names a configured wallet, or there is only one.
+    paid_by = next(w.address for w in router.wallets if wallet is None or w.address.lower() == wallet.lower())
+    reply = {"wallet": paid_by, "provider": provider, "amount": str(amount), **_tx(result)}
+    return web.json_response(reply)
 
 
 async def _refund(request: web.Request, router: Router) -> web.Response:
@@ -130,8 +138,16 @@ async def _refund(request: web.Request, router: Router) -> web.Response:
         or not all(isinstance(p, str) and _ADDRESS.match(p) for p in providers)
     ):
         raise _BadInput("`providers` must be a non-empty list of provider addresses", "providers")
-    results = await router.refund(providers)
-    return web.json_response({"transactions": [_tx(r) for r in results]})
+    results = await router.refund(providers, wallet=_wallet_param(body))
+    transactions = [{"wallet": wallet, **_tx(r)} for wallet, txs in results.items() for r in txs]
+    return web.json_response({"transactions": transactions})
+
+
+def _wallet_param(body: dict[str, Any]) -> str | None:
+    wallet = body.get("wallet")
+    if wallet is not None and (not isinstance(wallet, str) or not _ADDRESS.match(wallet)):
+        raise _BadInput("`wallet` must be a wallet address (0x and 40 hex digits)", "wallet")
+    return wallet
 
 
 async def _verify(request: web.Request, router: Router) -> web.Response:

@@ -1,7 +1,8 @@
 """``zg-router balance | providers | fund | refund | verify``: a running gateway's admin API, from a shell.
 
-Money moves through the gateway's own transaction signer (one nonce sequence per wallet), never from a
-second process with the same key. The gateway's URL comes from ``--url`` or ``ZG_ROUTER_URL``; the admin
+Money moves through the gateway's own transaction signers (one nonce sequence per wallet), never from a
+second process with the same key. ``--wallet`` names the wallet that funds (needed when the gateway has
+several) or the only one to refund. The gateway's URL comes from ``--url`` or ``ZG_ROUTER_URL``; the admin
 key from ``ZG_ROUTER_ADMIN_KEY`` (or ``--admin-key``, which other users of the machine can see in ``ps``).
 """
 
@@ -72,11 +73,12 @@ def _request_of(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | No
         return "GET", "/admin/balance", None
     if args.command == "providers":
         return "GET", "/admin/providers", None
+    wallet = {"wallet": args.wallet} if args.wallet else {}
     if args.command == "fund":
-        return "POST", "/admin/fund", {"provider": args.provider, "amount": args.amount}
+        return "POST", "/admin/fund", {"provider": args.provider, "amount": args.amount, **wallet}
     if args.command == "verify":
         return "GET", f"/admin/verify/{quote(args.chat_id, safe='')}", None
-    return "POST", "/admin/refund", {"providers": args.providers} if args.providers else {}
+    return "POST", "/admin/refund", {"providers": args.providers, **wallet} if args.providers else wallet
 
 
 def _render(command: str, reply: dict[str, Any]) -> str:
@@ -87,15 +89,25 @@ def _render(command: str, reply: dict[str, Any]) -> str:
     if command == "verify":
         return _render_verdict(reply)
     if command == "fund":
-        return f"funded {reply['provider']} with {og(reply['amount'])} 0G (tx {reply['tx_hash']})"
+        return (
+            f"funded {reply['provider']} with {og(reply['amount'])} 0G from {reply['wallet']} "
+            f"(tx {reply['tx_hash']})"
+        )
     txs = reply["transactions"]
     return (
-        "\n".join(f"refund requested (tx {tx['tx_hash']}, block {tx['block']})" for tx in txs)
+        "\n".join(
+            f"refund requested for {tx['wallet']} (tx {tx['tx_hash']}, block {tx['block']})" for tx in txs
+        )
         or "nothing to refund"
     )
 
 
 def _render_balance(reply: dict[str, Any]) -> str:
+    """A block per wallet, headed by its address, a blank line between blocks."""
+    return "\n\n".join(_render_wallet(wallet) for wallet in reply["wallets"])
+
+
+def _render_wallet(reply: dict[str, Any]) -> str:
     ledger = reply["ledger"]
     lines = [
         f"wallet  {reply['wallet']}",
@@ -122,8 +134,9 @@ def _render_providers(providers: list[dict[str, Any]]) -> str:
     for p in providers:
         limits = p["limits"]
         rpm = f"{limits['requests_per_minute']:g}/{limits['burst']}/{limits['max_concurrent']}"
-        balance = p.get("balance")
-        available = og(balance["available"]) if balance else "-"
+        # The providers' money across our wallets: what they could all still spend there together.
+        views = [view for view in p["balances"].values() if view is not None]
+        available = og(sum(int(view["available"]) for view in views)) if views else "-"
         models = ",".join(p["models"])
         tee = p["attestation"]
         trust = tee["trust"]

@@ -41,7 +41,7 @@ async def run_serve(args: argparse.Namespace) -> int:
 def config_secrets(router_config: RouterConfig, gateway_config: GatewayConfig) -> list[str | None]:
     """Every secret the configuration holds, for the log redactor."""
     return [
-        router_config.private_key,
+        *router_config.wallet_keys,
         *gateway_config.api_keys,
         *gateway_config.admin_keys,
         *(upstream.api_key for upstream in router_config.static_upstreams),
@@ -69,7 +69,7 @@ async def serve(
             url=gateway.url + "/v1",
             metrics_url=gateway.metrics_url,
             providers=len(router.pool),
-            wallet=router.wallet_address,
+            wallets=[services.address for services in router.wallets],
         )
         announce(router, gateway)
         # Everything alive now lives as long as the process: keep it out of the collector's scans, and

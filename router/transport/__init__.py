@@ -1,1 +1,2 @@
-"""Talking to providers over HTTP: the aiohttp client, URL guard and SSE framing."""
+"""Talking to providers: the ``ProviderTransport`` protocol (``base``), its aiohttp client (``http``), the
+URL guard, SSE framing, and ``FakeTransport`` (``fake``), a scripted transport for tests."""

@@ -25,7 +25,7 @@ from router.errors import ConfigError, ProviderUnreachable
 from router.observability.events import Observer, Verified
 from router.pool.providers import Exclusion, ProviderKind, ProviderState
 from router.pool.trust import Outcome
-from router.transport.http import HttpTransport
+from router.transport.base import ProviderTransport
 from router.verify.check import Finding, judge, signed_response_part
 
 # Verdicts kept for `zg-router verify <chat-id>`: as long as brokers keep signatures (20 min), and at
@@ -117,7 +117,7 @@ class Verifier:
 
     def __init__(
         self,
-        transport: HttpTransport,
+        transport: ProviderTransport,
         options: VerifyOptions,
         emit: Observer,
         *,

@@ -8,7 +8,6 @@ provider whose check failed gets another once its demotion is over, and one that
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,11 +17,14 @@ from router.observability.events import BackgroundError, Observer
 from router.policy.select import Preferences
 from router.pool.providers import Pool, ProviderKind, ProviderState
 from router.pool.trust import TrustState
-from router.replies import Call, Endpoint, Reply, StreamReply
+from router.replies import Reply, StreamReply
+from router.request import Call, Endpoint, parse_payload
 from router.verify.check import Finding
 
 RETRY_AFTER = 60.0
 REQUEST_TIMEOUT = 60.0
+# The warm-up waits for each verdict, as a client sending this header does.
+_SYNC = {"x-zg-verify": "sync"}
 # What a warm-up request asks of each kind of provider: the smallest paid request it serves.
 _PROBES: dict[str, tuple[Endpoint, dict[str, Any]]] = {
     Endpoint.CHAT.service_type: (
@@ -79,19 +81,16 @@ class TrustWarmup:
         self._next_try[state.id] = self._clock() + RETRY_AFTER
         endpoint, payload = _PROBES[state.info.service_type]
         model = state.info.models[0] if state.info.models else ""
-        call = Call(
-            endpoint=endpoint,
-            model=model,
-            body=json.dumps({"model": model, **payload}).encode(),
-            content_type="application/json",
-            stream=False,
-            prefs=Preferences(order=(state.id.lower(),), allow_fallbacks=False),
-            request_id="trust-warmup-" + uuid.uuid4().hex[:12],
-            deadline=self._clock() + REQUEST_TIMEOUT,
-            max_output=1,
-            verify_sync=True,
-        )
         try:
+            request = parse_payload(endpoint, {"model": model, **payload}, _SYNC)
+            # Built here, not by Router.new_call: pinned to this provider, and without the
+            # `verified_only` the router enforces on callers, which would keep it from this provider.
+            call = Call(
+                request,
+                request_id="trust-warmup-" + uuid.uuid4().hex[:12],
+                deadline=self._clock() + REQUEST_TIMEOUT,
+                prefs=Preferences(order=(state.id.lower(),), allow_fallbacks=False),
+            )
             await self._verdict(await self._dispatch(call))
         except RequestFailed as exc:
             self._emit(BackgroundError("trust-warmup", f"{state.id}: {exc}"))

@@ -1,8 +1,9 @@
 """``zg-router balance | providers | fund | refund`` as a user runs them: processes against a live gateway.
 
 The gateway runs in the test's own loop (a router for a new funded wallet on the session devnet, with an
-admin key); the command runs as the installed console script, so the test awaits it without blocking the
-gateway. The chain is the witness for money moved, and no run may print a traceback.
+admin key; or for two wallets, in the last tests); the command runs as the installed console script, so the
+test awaits it without blocking the gateway. The chain is the witness for money moved, and no run may print
+a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import re
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -57,8 +58,7 @@ class Live:
 
     @property
     def wallet(self) -> str:
-        assert self.router.wallet_address is not None
-        return self.router.wallet_address
+        return self.router.wallets[0].address
 
     def provider(self, index: int) -> str:
         return self.devnet.providers[index].address
@@ -75,9 +75,10 @@ class Live:
             assert response.status == 200, await response.text()
             return dict(await response.json())
 
-    async def on_chain(self, index: int) -> tuple[int, int]:
-        """(balance, pending refund) of our sub-account at provider ``index``."""
-        account = await self.chain.get_account(self.wallet, self.provider(index))
+    async def on_chain(self, index: int, wallet: str | None = None) -> tuple[int, int]:
+        """(balance, pending refund) of ``wallet``'s (default: the first wallet's) sub-account at
+        provider ``index``."""
+        account = await self.chain.get_account(wallet or self.wallet, self.provider(index))
         assert account is not None
         return account.balance, account.pending_refund
 
@@ -134,6 +135,22 @@ def table_rows(text: str) -> dict[str, list[str]]:
     return {row.split()[0]: row.split()[1:] for row in text.splitlines() if row.startswith("0x")}
 
 
+def wallet_blocks(text: str) -> dict[str, str]:
+    """``zg-router balance``'s output split into its blocks by the wallet each is headed with (a
+    ``wallet  0x…`` line); each block but the last ends with a blank line."""
+    blocks: dict[str, list[str]] = {}
+    lines = text.splitlines()
+    assert lines[0].startswith("wallet  "), text
+    for line in lines:
+        if line.startswith("wallet  "):
+            current = blocks.setdefault(line.removeprefix("wallet  "), [])
+        else:
+            current.append(line)
+    for wallet, block in list(blocks.items())[:-1]:
+        assert block[-1] == "", wallet
+    return {wallet: "\n".join(block) for wallet, block in blocks.items()}
+
+
 class TestViews:
     async def test_balance_shows_the_wallet_ledger_and_a_line_per_provider(self, live: Live) -> None:
         """``zg-router balance`` prints the wallet, the ledger, and one line per provider with balance,
@@ -156,8 +173,9 @@ class TestViews:
         assert (run.code, run.err) == (0, "")
         printed = json.loads(run.out)
         assert printed == await live.api("/admin/balance")
-        assert printed["wallet"] == live.wallet
-        assert {a["provider"] for a in printed["accounts"]} == {p.address for p in live.devnet.providers}
+        (report,) = printed["wallets"]
+        assert report["wallet"] == live.wallet
+        assert {a["provider"] for a in report["accounts"]} == {p.address for p in live.devnet.providers}
 
     async def test_providers_shows_models_limits_health_and_available(self, live: Live) -> None:
         """``zg-router providers`` prints a line per provider: model, breaker, limits (rpm/burst/concurrency),
@@ -224,7 +242,8 @@ class TestMoney:
         provider = live.provider(1)
         run = await admin_cli("fund", "--provider", provider, "--amount", "0.5", env=live.env())
         assert (run.code, run.err) == (0, "")
-        assert re.fullmatch(rf"funded {provider} with 0\.500000 0G \(tx {TX_HASH}\)\n", run.out), run.out
+        expected = rf"funded {provider} with 0\.500000 0G from {live.wallet} \(tx {TX_HASH}\)\n"
+        assert re.fullmatch(expected, run.out), run.out
         assert await live.on_chain(1) == (before + NEURON // 2, 0)
         run = await admin_cli("balance", env=live.env())
         assert table_rows(run.out)[provider] == ["2.500000", "1.500000", "0.000000", "0.000000", "ok"]
@@ -235,6 +254,7 @@ class TestMoney:
         run = await admin_cli("fund", "--provider", provider, "--amount", "0.25", "--json", env=live.env())
         assert (run.code, run.err) == (0, "")
         reply = json.loads(run.out)
+        assert reply["wallet"] == live.wallet
         assert reply["provider"] == provider
         assert reply["amount"] == str(NEURON // 4)
         assert re.fullmatch(TX_HASH, reply["tx_hash"])
@@ -246,7 +266,8 @@ class TestMoney:
         provider = live.provider(2)
         run = await admin_cli("refund", "--provider", provider, env=live.env())
         assert (run.code, run.err) == (0, "")
-        assert re.fullmatch(rf"refund requested \(tx {TX_HASH}, block \d+\)\n", run.out), run.out
+        expected = rf"refund requested for {live.wallet} \(tx {TX_HASH}, block \d+\)\n"
+        assert re.fullmatch(expected, run.out), run.out
         assert await live.on_chain(2) == (2 * NEURON, 2 * NEURON)
         assert await live.on_chain(0) == (2 * NEURON, 0)
         rows = table_rows((await admin_cli("balance", env=live.env())).out)
@@ -324,6 +345,93 @@ class TestErrors:
         assert run == Run(
             1, "", f"zg-router: error: {broker}/admin/balance answered 404 with a non-JSON body\n"
         )
+
+
+@dataclass
+class TwoLive:
+    """A gateway over a router of two funded wallets (``live.wallet`` is the first), and both addresses."""
+
+    live: Live
+    wallets: tuple[str, str]
+
+
+@pytest.fixture
+async def two(devnet: Devnet) -> AsyncIterator[TwoLive]:
+    (first, first_key), (second, second_key) = [await funded_wallet(devnet) for _ in range(2)]
+    keys = (first_key, second_key)
+    both = replace(router_config(devnet, first_key), private_key=None, private_keys=keys)
+    config = GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,), shutdown_timeout=0.5)
+    async with (
+        Router(both) as router,
+        Gateway(router, config) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        live = Live(devnet, router, gateway.url, await devnet.open_client(), http)
+        yield TwoLive(live, (first.address, second.address))
+
+
+class TestTwoWallets:
+    async def test_balance_shows_a_block_per_wallet(self, two: TwoLive) -> None:
+        """``zg-router balance`` prints one block per wallet, in config order, headed by the wallet's
+        address: its ledger and a line per provider; the blocks are a blank line apart."""
+        run = await admin_cli("balance", env=two.live.env())
+        assert (run.code, run.err) == (0, "")
+        blocks = wallet_blocks(run.out)
+        assert list(blocks) == list(two.wallets)
+        providers = two.live.devnet.providers
+        for block in blocks.values():
+            assert block.splitlines()[0] == (
+                f"ledger  available 14.000000 0G, total 20.000000 0G, {len(providers)} provider(s) funded"
+            )
+            assert table_rows(block) == {
+                p.address: ["2.000000", "1.000000", "0.000000", "0.000000", "ok"] for p in providers
+            }
+
+    async def test_providers_show_what_all_wallets_have_available(self, two: TwoLive) -> None:
+        """``zg-router providers`` shows, per provider, the available balance of both wallets together."""
+        run = await admin_cli("providers", env=two.live.env())
+        assert (run.code, run.err) == (0, "")
+        rows = table_rows(run.out)
+        assert {address: row[4] for address, row in rows.items()} == {
+            p.address: "2.000000" for p in two.live.devnet.providers
+        }
+
+    async def test_fund_needs_a_wallet_and_moves_the_named_ones_money(self, two: TwoLive) -> None:
+        """Without ``--wallet`` the fund is refused (exit 1, the gateway's 400 naming both wallets);
+        with ``--wallet`` it moves that wallet's money only and says which wallet paid."""
+        live, (first, second) = two.live, two.wallets
+        provider = live.provider(0)
+        run = await admin_cli("fund", "--provider", provider, "--amount", "0.5", env=live.env())
+        assert run == Run(
+            1,
+            "",
+            f"zg-router: error: 400: this router has 2 wallets: name the one to fund from in `wallet` "
+            f"({first}, {second})\n",
+        )
+        args = ("fund", "--provider", provider, "--amount", "0.5", "--wallet", second.lower())
+        run = await admin_cli(*args, env=live.env())
+        assert (run.code, run.err) == (0, "")
+        expected = rf"funded {provider} with 0\.500000 0G from {second} \(tx {TX_HASH}\)\n"
+        assert re.fullmatch(expected, run.out), run.out
+        assert await live.on_chain(0, second) == (2 * NEURON + NEURON // 2, 0)
+        assert await live.on_chain(0, first) == (2 * NEURON, 0)
+
+    async def test_refund_covers_every_wallet_unless_one_is_named(self, two: TwoLive) -> None:
+        """``refund --provider X`` queues X's refund for each wallet (a line each); with ``--wallet`` only
+        for that one."""
+        live, (first, second) = two.live, two.wallets
+        run = await admin_cli("refund", "--provider", live.provider(1), env=live.env())
+        assert (run.code, run.err) == (0, "")
+        lines = run.out.splitlines()
+        assert [line.split()[3] for line in lines] == [first, second], run.out
+        for wallet in (first, second):
+            assert await live.on_chain(1, wallet) == (2 * NEURON, 2 * NEURON)
+        run = await admin_cli("refund", "--provider", live.provider(2), "--wallet", second, env=live.env())
+        assert (run.code, run.err) == (0, "")
+        expected = rf"refund requested for {second} \(tx {TX_HASH}, block \d+\)\n"
+        assert re.fullmatch(expected, run.out), run.out
+        assert await live.on_chain(2, second) == (2 * NEURON, 2 * NEURON)
+        assert await live.on_chain(2, first) == (2 * NEURON, 0)
 
 
 async def test_the_admin_line_printed_by_devnet_serve_works(node_modules: NodeModules) -> None:

@@ -1,4 +1,5 @@
-"""The devnet: SDK addresses, lifecycle, failure cleanup, snapshots, the official CLI, config validation."""
+"""The devnet: SDK addresses, lifecycle, failure cleanup, snapshots, the official CLI, config validation,
+several funded wallets."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import os
 import socket
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from router.chain.session import SessionTokens
+from router.chain.wallet import Wallet
+from router.cli import _parser
 from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
+from router.devnet.command import devnet_config
 from router.devnet.node_tools import NodeModules
 from router.errors import ConfigError, DevnetError
-from tests.support import CONNECT_TIMEOUT, NEURON, assert_port_refuses, run_node
+from tests.support import CHAT, CONNECT_TIMEOUT, NEURON, assert_port_refuses, run_node
 
 CLI_TIMEOUT = 60.0
 
@@ -188,3 +194,64 @@ class TestConfigValidation:
             providers=(ProviderSpec(),) * 3, ledger_deposit=3 * NEURON, sub_account_funding=NEURON
         )
         assert config.sub_account_funding * len(config.providers) == config.ledger_deposit
+
+
+class TestWallets:
+    async def test_three_wallets_are_three_funded_users_with_their_own_sub_accounts(
+        self, node_modules: NodeModules, http: aiohttp.ClientSession
+    ) -> None:
+        """Users at dev accounts 1, then after the providers; each has its ledger and a sub-account at
+        every provider (as getAccount reads them), a provider serves each, and revert resyncs them all."""
+        providers = (ProviderSpec(model="x"), ProviderSpec(model="y"))
+        config = DevnetConfig(providers=providers, wallets=3, settle_interval=None)
+        async with Devnet(config, node_modules) as devnet:
+            summary = devnet.summary()
+            users = summary["users"]
+            assert summary["user"] == users[0]
+            assert [u["private_key"] for u in users] == [dev_private_key(i) for i in (USER_KEY_INDEX, 4, 5)]
+            addresses = [u["address"] for u in users]
+            assert addresses == [Wallet(u["private_key"]).address for u in users]
+            assert addresses == [w.address for w in devnet.user_wallets]
+            assert devnet.user is devnet.users[0]
+            assert len(set(addresses)) == 3
+            assert not set(addresses) & {p.address for p in devnet.providers}
+            assert set(devnet.users) <= set(devnet.clients())
+            for address in addresses:
+                ledger = await devnet.owner.get_ledger(address)
+                assert ledger is not None
+                assert ledger.available_balance == config.ledger_deposit - 2 * config.sub_account_funding
+                for provider in devnet.providers:
+                    account = await devnet.owner.get_account(address, provider.address)
+                    assert account is not None
+                    assert account.balance == config.sub_account_funding
+            last, provider = devnet.users[2], devnet.providers[1]
+            auth = await SessionTokens(last).authorization(provider.address)
+            body = {"model": "y", "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(provider.url + CHAT, json=body, headers={"Authorization": auth}) as reply:
+                assert reply.status == 200, await reply.text()
+
+            snapshot_id = await devnet.snapshot()
+            await last.transfer_fund(provider.address, NEURON)
+            await devnet.revert(snapshot_id)
+            # A stale nonce of the third user would leave this queued until the receipt timeout.
+            async with asyncio.timeout(10):
+                await last.transfer_fund(provider.address, NEURON)
+            account = await devnet.owner.get_account(addresses[2], provider.address)
+            assert account is not None
+            assert account.balance == config.sub_account_funding + NEURON
+
+    def test_user_key_indexes_follow_the_providers(self) -> None:
+        config = DevnetConfig(providers=(ProviderSpec(),) * 3, wallets=4)
+        assert config.user_key_indexes() == [USER_KEY_INDEX, 5, 6, 7]
+        assert DevnetConfig().user_key_indexes() == [USER_KEY_INDEX]
+
+    @pytest.mark.parametrize("wallets", [0, 11])
+    def test_the_devnet_takes_1_to_10_wallets(self, wallets: int) -> None:
+        with pytest.raises(ConfigError, match="1 to 10 wallets"):
+            DevnetConfig(wallets=wallets)
+
+    def test_the_wallets_flag_sets_the_config(self) -> None:
+        assert devnet_config(_parser().parse_args(["devnet", "--wallets", "3"])).wallets == 3
+        assert devnet_config(_parser().parse_args(["devnet"])).wallets == 1
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["devnet", "--wallets", "11"])

@@ -28,6 +28,7 @@ from router.errors import ChainUnavailable, RouterError
 from tests.gateway.conftest import CHAT_MODEL, CHAT_PROVIDERS
 from tests.gateway.support import HEX_ID, TIMEOUT, WAV, WEATHER_TOOL
 from tests.gateway.support import TALK as MESSAGES
+from tests.support import in_flight
 
 
 class Answer(pydantic.BaseModel):
@@ -131,7 +132,7 @@ class TestEndpoints:
         assert raw.headers["x-zg-provider"] in {p.address for p in gateway_devnet.providers[:CHAT_PROVIDERS]}
         assert raw.headers["x-zg-attempts"] == "1"
         assert HEX_ID.match(raw.headers["x-request-id"])
-        assert [state.gate.in_flight for state in threaded.pool] == [0] * len(threaded.pool)
+        assert in_flight(threaded) == 0
 
     async def test_stream_closed_early_frees_its_slot(self, threaded: Router, gateway_devnet: Devnet) -> None:
         """Leaving a sync stream after its first chunk closes it on the loop: the slot is free at once."""
@@ -143,9 +144,9 @@ class TestEndpoints:
             with threaded.openai_client(sync=True) as sdk:
                 stream = sdk.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, stream=True)
                 next(iter(stream))
-                during = sum(state.gate.in_flight for state in threaded.pool)
+                during = in_flight(threaded)
                 stream.close()
-                after = sum(state.gate.in_flight for state in threaded.pool)
+                after = in_flight(threaded)
             return during, after
 
         assert await blocking(run) == (1, 0)

@@ -2,27 +2,32 @@
 
 Each test opens a second gateway with an admin key over the ``serve`` fixture's router, so the first gateway
 (API key only) shows the admin API switched off. The chain is the witness for every move of money: balances
-are read back from the contracts, and "nothing sent" means the wallet's nonce did not move.
+are read back from the contracts, and "nothing sent" means the wallet's nonce did not move. The last tests
+run a router of two wallets, which moves money from the one the request names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
 from router.chain.client import ChainClient
+from router.client import Router
 from router.config import GatewayConfig
+from router.devnet import Devnet
 from router.observability.logging import LogObserver
 from router.server.app import Gateway
-from tests.gateway.conftest import API_KEY, Served, ServeFactory
+from tests.gateway.conftest import API_KEY, Served, ServeFactory, router_config
 from tests.gateway.support import WRONG_KEY, Answer, assert_error, send
-from tests.support import NEURON
+from tests.support import NEURON, funded_wallet
 
 ADMIN_KEY = "zg-admin-test-" + "0123456789abcdef" * 2
 ROUTES = (
@@ -70,9 +75,11 @@ class Admin:
         return await send(self.served, method, path, url=self.url, headers=headers, **kwargs)
 
     async def view(self) -> dict[str, Any]:
+        """The balance view of the router's one wallet."""
         answer = await self.call("GET", "/admin/balance")
         assert answer.status == 200, answer.text
-        return dict(answer.json())
+        (report,) = answer.json()["wallets"]
+        return dict(report)
 
     async def nonce(self) -> int:
         return int(await self.chain.w3.eth.get_transaction_count(self.served.wallet.address))
@@ -176,6 +183,13 @@ class TestAccess:
 
 
 class TestViews:
+    async def test_balance_is_a_list_of_wallets(self, admin: Admin) -> None:
+        """/admin/balance has one shape for one wallet or many: ``{"wallets": [report, ...]}``."""
+        answer = await admin.call("GET", "/admin/balance")
+        assert answer.status == 200, answer.text
+        assert answer.json().keys() == {"wallets"}
+        assert [w["wallet"] for w in answer.json()["wallets"]] == [admin.wallet]
+
     async def test_balance_lists_wallet_ledger_and_each_provider_as_on_chain(self, admin: Admin) -> None:
         """/admin/balance names the wallet, shows the ledger and one account per provider (sorted by
         address), every amount a decimal string of neuron equal to what the contracts hold; no alerts."""
@@ -231,13 +245,17 @@ class TestViews:
                 "requests_per_minute": spec.limits.requests_per_minute,
                 "burst": spec.limits.burst,
                 "max_concurrent": spec.limits.max_concurrent,
+                "tokens_per_minute": None,
+                "images_per_minute": None,
             }
             assert entry["health"]["breaker"] == "closed"
             assert entry["in_flight"] == 0
             assert entry["excluded"] is None
-            assert entry["balance"]["provider"] == provider.address
-            assert entry["balance"]["balance"] == str(2 * NEURON)
-            assert entry["balance"]["available"] == str(NEURON)
+            assert entry["balances"].keys() == {admin.wallet}
+            balance = entry["balances"][admin.wallet]
+            assert balance["provider"] == provider.address
+            assert balance["balance"] == str(2 * NEURON)
+            assert balance["available"] == str(NEURON)
 
 
 class TestFund:
@@ -255,7 +273,8 @@ class TestFund:
         )
         assert answer.status == 200, answer.text
         reply = answer.json()
-        assert reply.keys() == {"provider", "amount", "tx_hash", "block"}
+        assert reply.keys() == {"wallet", "provider", "amount", "tx_hash", "block"}
+        assert reply["wallet"] == admin.wallet
         assert reply["provider"] == admin.provider(1)
         assert reply["amount"] == str(neuron)
         assert TX_HASH.match(reply["tx_hash"])
@@ -483,6 +502,7 @@ class TestRefund:
         answer = await admin.call("POST", "/admin/refund", json={"providers": [admin.provider(1)]})
         assert answer.status == 200, answer.text
         (tx,) = answer.json()["transactions"]
+        assert tx["wallet"] == admin.wallet
         assert TX_HASH.match(tx["tx_hash"])
         assert isinstance(tx["block"], int)
         balance, pending = await admin.balance_at(1)
@@ -529,8 +549,8 @@ class TestRefund:
             )
         assert await admin.nonce() == nonce
         assert await admin.view() == view
-        accounts = admin.served.router.accounts
-        assert accounts is not None
+        (wallet,) = admin.served.router.wallets
+        accounts = wallet.accounts
         assert accounts.get(stranger) is None
         assert stranger.lower() not in {a.provider.lower() for a in accounts}
 
@@ -594,3 +614,182 @@ async def test_the_admin_key_is_never_logged_or_echoed(
     assert ADMIN_KEY not in caplog.text
     config = GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,))
     assert ADMIN_KEY not in repr(config)
+
+
+BAD_WALLET = "`wallet` must be a wallet address (0x and 40 hex digits)"
+
+
+class TestWalletParameter:
+    async def test_fund_from_the_named_wallet_in_any_case(self, admin: Admin) -> None:
+        """``wallet`` may name the router's one wallet in any case: the fund goes through and the reply
+        names the wallet as the chain spells it."""
+        before, _ = await admin.balance_at(0)
+        body = {"provider": admin.provider(0), "amount": "0.1", "wallet": admin.wallet.lower()}
+        answer = await admin.call("POST", "/admin/fund", json=body)
+        assert answer.status == 200, answer.text
+        assert answer.json()["wallet"] == admin.wallet
+        assert (await admin.balance_at(0))[0] == before + NEURON // 10
+
+    @pytest.mark.parametrize("route", ["/admin/fund", "/admin/refund"])
+    async def test_a_wallet_the_router_does_not_have_is_404(self, admin: Admin, route: str) -> None:
+        """A well-formed address that is not one of the router's wallets: 404 wallet_not_found naming it
+        and the router's wallets, and nothing is sent."""
+        stranger = "0x" + "ef" * 20
+        nonce, view = await admin.nonce(), await admin.view()
+        body = {"provider": admin.provider(0), "amount": "1", "wallet": stranger}
+        answer = await admin.call("POST", route, json=body)
+        assert_error(
+            answer,
+            404,
+            "invalid_request_error",
+            f"{stranger} is not a wallet of this router; it has {admin.wallet}",
+            code="wallet_not_found",
+            param="wallet",
+            request_id=False,
+        )
+        assert await admin.nonce() == nonce
+        assert await admin.view() == view
+
+    @pytest.mark.parametrize("wallet", ["0x1234", 12, ["0x" + "ab" * 20], "ab" * 20], ids=str)
+    @pytest.mark.parametrize("route", ["/admin/fund", "/admin/refund"])
+    async def test_a_malformed_wallet_is_400(self, admin: Admin, route: str, wallet: object) -> None:
+        """A ``wallet`` that is not an address string is bad input: 400 naming the field, nothing sent."""
+        nonce = await admin.nonce()
+        answer = await admin.call(
+            "POST", route, json={"provider": admin.provider(0), "amount": "1", "wallet": wallet}
+        )
+        assert_error(
+            answer,
+            400,
+            "invalid_request_error",
+            BAD_WALLET,
+            code="invalid_admin_request",
+            param="wallet",
+            request_id=False,
+        )
+        assert await admin.nonce() == nonce
+
+    async def test_refund_of_the_named_wallet(self, admin: Admin) -> None:
+        """A refund naming the wallet and no providers drains every provider of that wallet."""
+        answer = await admin.call("POST", "/admin/refund", json={"wallet": admin.wallet})
+        assert answer.status == 200, answer.text
+        assert [tx["wallet"] for tx in answer.json()["transactions"]] == [admin.wallet]
+        for index in range(len(admin.served.devnet.providers)):
+            assert await admin.balance_at(index) == (2 * NEURON, 2 * NEURON)
+
+
+@dataclass
+class TwoWallets:
+    """A router of two funded wallets and an admin gateway over it; ``chain`` reads the contracts."""
+
+    admin: Admin
+    wallets: tuple[str, str]
+
+    async def nonces(self) -> list[int]:
+        eth = self.admin.chain.w3.eth
+        return [int(await eth.get_transaction_count(w)) for w in self.wallets]
+
+    async def locked(self, wallet: str, index: int) -> tuple[int, int]:
+        account = await self.admin.chain.get_account(wallet, self.admin.provider(index))
+        assert account is not None
+        return account.balance, account.pending_refund
+
+
+@pytest.fixture
+async def two_wallets(gateway_devnet: Devnet) -> AsyncIterator[TwoWallets]:
+    (first, first_key), (second, second_key) = [await funded_wallet(gateway_devnet) for _ in range(2)]
+    config = dataclasses.replace(
+        router_config(gateway_devnet, first_key), private_key=None, private_keys=(first_key, second_key)
+    )
+    gateway_config = GatewayConfig(port=0, api_keys=(API_KEY,), admin_keys=(ADMIN_KEY,), shutdown_timeout=0.5)
+    async with (
+        Router(config) as router,
+        Gateway(router, gateway_config) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        served = Served(gateway_devnet, router, gateway.url, first, first_key, http)
+        admin = Admin(served, gateway.url, await gateway_devnet.open_client())
+        yield TwoWallets(admin, (first.address, second.address))
+
+
+class TestSeveralWallets:
+    async def test_balance_reports_each_wallet_in_config_order(self, two_wallets: TwoWallets) -> None:
+        """/admin/balance has a report per wallet, in the order of the keys, each with its own ledger
+        and a sub-account at every provider, as the chain has them."""
+        admin = two_wallets.admin
+        answer = await admin.call("GET", "/admin/balance")
+        assert answer.status == 200, answer.text
+        reports = answer.json()["wallets"]
+        assert [r["wallet"] for r in reports] == list(two_wallets.wallets)
+        providers = {p.address for p in admin.served.devnet.providers}
+        for wallet, report in zip(two_wallets.wallets, reports, strict=True):
+            ledger = await admin.chain.get_ledger(wallet)
+            assert ledger is not None
+            assert report["ledger"]["available"] == str(ledger.available_balance) == str(8 * NEURON)
+            assert {a["provider"] for a in report["accounts"]} == providers
+            assert all(a["balance"] == str(2 * NEURON) for a in report["accounts"])
+            assert report["alerts"] == []
+
+    async def test_providers_show_every_wallets_balance(self, two_wallets: TwoWallets) -> None:
+        """Each provider's ``balances`` has both wallets, by address, each with its own sub-account."""
+        answer = await two_wallets.admin.call("GET", "/admin/providers")
+        assert answer.status == 200, answer.text
+        for entry in answer.json()["providers"]:
+            assert list(entry["balances"]) == list(two_wallets.wallets)
+            for wallet, balance in entry["balances"].items():
+                assert balance["provider"] == entry["id"], wallet
+                assert balance["balance"] == str(2 * NEURON)
+
+    async def test_fund_without_a_wallet_is_400_naming_both(self, two_wallets: TwoWallets) -> None:
+        """With two wallets a fund must say which pays: 400 on ``wallet`` listing both, nothing sent."""
+        admin, (first, second) = two_wallets.admin, two_wallets.wallets
+        nonces = await two_wallets.nonces()
+        answer = await admin.call("POST", "/admin/fund", json={"provider": admin.provider(0), "amount": "1"})
+        assert_error(
+            answer,
+            400,
+            "invalid_request_error",
+            f"this router has 2 wallets: name the one to fund from in `wallet` ({first}, {second})",
+            code="invalid_admin_request",
+            param="wallet",
+            request_id=False,
+        )
+        assert await two_wallets.nonces() == nonces
+
+    async def test_fund_moves_money_of_the_named_wallet_only(self, two_wallets: TwoWallets) -> None:
+        """A fund naming the second wallet (lower case) moves its money: its sub-account grows, the
+        first wallet's does not, and only the second wallet sent a transaction."""
+        admin, (first, second) = two_wallets.admin, two_wallets.wallets
+        nonces = await two_wallets.nonces()
+        body = {"provider": admin.provider(1), "amount": "0.5", "wallet": second.lower()}
+        answer = await admin.call("POST", "/admin/fund", json=body)
+        assert answer.status == 200, answer.text
+        assert answer.json()["wallet"] == second
+        assert await two_wallets.locked(second, 1) == (2 * NEURON + NEURON // 2, 0)
+        assert await two_wallets.locked(first, 1) == (2 * NEURON, 0)
+        after = await two_wallets.nonces()
+        assert (after[0] - nonces[0], after[1] - nonces[1]) == (0, 1)
+
+    async def test_refund_of_one_wallet_leaves_the_other(self, two_wallets: TwoWallets) -> None:
+        """A refund naming the first wallet and a provider drains only that wallet's sub-account there."""
+        admin, (first, second) = two_wallets.admin, two_wallets.wallets
+        body = {"providers": [admin.provider(2)], "wallet": first}
+        answer = await admin.call("POST", "/admin/refund", json=body)
+        assert answer.status == 200, answer.text
+        assert [tx["wallet"] for tx in answer.json()["transactions"]] == [first]
+        assert await two_wallets.locked(first, 2) == (2 * NEURON, 2 * NEURON)
+        assert await two_wallets.locked(second, 2) == (2 * NEURON, 0)
+
+    async def test_refund_without_a_wallet_covers_every_wallet(self, two_wallets: TwoWallets) -> None:
+        """A refund of a provider naming no wallet drains it for each wallet, one transaction each, and
+        the balance view shows it draining in both reports."""
+        admin, wallets = two_wallets.admin, two_wallets.wallets
+        answer = await admin.call("POST", "/admin/refund", json={"providers": [admin.provider(0)]})
+        assert answer.status == 200, answer.text
+        assert [tx["wallet"] for tx in answer.json()["transactions"]] == list(wallets)
+        for wallet in wallets:
+            assert await two_wallets.locked(wallet, 0) == (2 * NEURON, 2 * NEURON)
+            assert await two_wallets.locked(wallet, 1) == (2 * NEURON, 0)
+        reports = (await admin.call("GET", "/admin/balance")).json()["wallets"]
+        for report in reports:
+            assert account_of(report, admin.provider(0))["funding"] == "draining"

@@ -14,6 +14,7 @@ from router.errors import InvalidRequest, NoProviderAvailable, RequestFailed, Up
 from router.observability.events import Event, RequestFinished
 from tests.gateway.conftest import CHAT_MODEL, CHAT_PROVIDERS, GATEWAY_PROVIDERS, Served, ServeFactory
 from tests.gateway.support import TIMEOUT
+from tests.support import in_flight
 
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "hello from the library"}]
 
@@ -35,7 +36,7 @@ def record(router: Router) -> list[RequestFinished]:
 
 
 def no_slot_taken(router: Router) -> bool:
-    return all(state.gate.in_flight == 0 for state in router.pool)
+    return in_flight(router) == 0
 
 
 class TestChat:

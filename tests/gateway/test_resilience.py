@@ -17,6 +17,7 @@ import pytest
 from router.observability.events import AttemptFailed, BreakerChanged, Event, RequestFinished
 from router.pool.health import BreakerState
 from tests.gateway.conftest import API_KEY, CHAT_MODEL, CHAT_PROVIDERS, Served, ServeFactory
+from tests.support import in_flight
 
 MESSAGES = [{"role": "user", "content": "tell me something"}]
 
@@ -72,7 +73,7 @@ class TestLimits:
             assert _per_wallet(after[index], served) <= 5, after[index]
             assert after[index]["refused"].get("429", 0) == before[index]["refused"].get("429", 0)
         assert sum(a["served"] - b["served"] for a, b in zip(after, before, strict=True)) == 300
-        assert all(state.gate.in_flight == 0 for state in served.router.pool)
+        assert in_flight(served.router) == 0
 
     async def test_saturated_queue_answers_429_with_retry_after(self, serve: ServeFactory) -> None:
         """When every provider is busy past the queue deadline, the client gets our 429 with Retry-After."""
@@ -170,7 +171,7 @@ class TestFailover:
         assert events[-1] == "data: [DONE]"
         state = served.router.pool.get(served.devnet.providers[0].address)
         assert state is not None
-        assert state.gate.in_flight == 0
+        assert in_flight(served.router, state) == 0
 
     async def test_sdk_stream_drop_raises_instead_of_hanging(self, serve: ServeFactory) -> None:
         """The openai SDK sees the mid-stream failure as an APIError, not a hang or a silent cut."""
@@ -207,11 +208,11 @@ class TestDisconnect:
         request = asyncio.ensure_future(
             served.http.post(served.base_url + "/chat/completions", json=body, headers=headers)
         )
-        await _until(lambda: state.gate.in_flight == 1)
+        await _until(lambda: in_flight(served.router, state) == 1)
         request.cancel()
         finished = await events.wait_for(lambda e: isinstance(e, RequestFinished) and e.status == 499)
         assert isinstance(finished, RequestFinished)
-        assert state.gate.in_flight == 0
+        assert in_flight(served.router, state) == 0
 
     async def test_stream_client_disconnect_frees_the_slot(self, serve: ServeFactory) -> None:
         """A streaming client that leaves after the first chunk frees its slot."""
@@ -230,4 +231,4 @@ class TestDisconnect:
         assert finished.stream
         state = served.router.pool.get(served.devnet.providers[0].address)
         assert state is not None
-        assert state.gate.in_flight == 0
+        assert in_flight(served.router, state) == 0

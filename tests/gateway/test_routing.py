@@ -271,7 +271,7 @@ class TestHealthEndpoints:
         assert (status, body) == (200, {"status": "ready", "providers": total, "available": total})
 
 
-VOLATILE_DETAILS = ("health", "in_flight", "excluded")
+VOLATILE_DETAILS = ("health", "in_flight", "excluded", "lanes")
 
 
 def stable(catalog: list[dict[str, Any]]) -> list[dict[str, Any]]:

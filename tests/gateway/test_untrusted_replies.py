@@ -25,7 +25,7 @@ from router.observability.events import AttemptFailed
 from router.server.app import Gateway
 from tests.gateway.conftest import API_KEY, CHAT_MODEL, Served, ServeFactory
 from tests.gateway.support import CHAT, MESSAGES, TIMEOUT, WAV, Answer, send, transcription_form
-from tests.support import EventLog, serving
+from tests.support import EventLog, in_flight, serving
 
 STATIC_MODEL = "model-s"
 REPLY = {
@@ -99,7 +99,7 @@ class TestMalformedPlainReply:
         state = served.router.pool.get(broken)
         assert state is not None
         assert state.health.error_rate > 0
-        assert state.gate.in_flight == 0
+        assert in_flight(served.router, state) == 0
 
     async def test_a_pinned_provider_answering_broken_json_is_a_502_not_a_200(
         self, serve: ServeFactory
@@ -143,7 +143,7 @@ class TestMalformedStreamEvent:
         state = served.router.pool.get(broken)
         assert state is not None
         assert state.health.error_rate > 0
-        assert state.gate.in_flight == 0
+        assert in_flight(served.router, state) == 0
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

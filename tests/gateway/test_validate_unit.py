@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from router.errors import InvalidRequest, clipped
-from router.replies import Endpoint
+from router.request import Endpoint
 from router.validate import validate_json, validate_transcription
 
 MESSAGES = [{"role": "user", "content": "hi"}]

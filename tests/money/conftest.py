@@ -84,9 +84,8 @@ async def open_money_router(money_devnet: Devnet) -> AsyncIterator[OpenRouter]:
             config = money_config(money_devnet, key, rpc_url, money)
             router = await stack.enter_async_context(Router(config, observers=[log]))
             # Read before anything yields to the loop: the watcher has not taken a step yet.
-            watcher = router._watcher
-            assert watcher is not None
-            return MoneyRouter(money_devnet, router, log, wallet, chain, watcher.cursor)
+            (services,) = router.wallets
+            return MoneyRouter(money_devnet, router, log, wallet, chain, services.watcher.cursor)
 
         try:
             yield open_router

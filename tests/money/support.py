@@ -57,21 +57,25 @@ class MoneyRouter:
 
     @property
     def watcher(self) -> SettlementWatcher:
-        watcher = self.router._watcher
-        assert watcher is not None
-        return watcher
+        (wallet,) = self.router.wallets
+        return wallet.watcher
 
     async def resync(self) -> None:
         """One balance-sync round now: the ledger and sub-accounts from the chain, the unsettled fees
         from the providers."""
-        balances = self.router._balances
-        assert balances is not None
+        (wallet,) = self.router.wallets
         async with asyncio.timeout(WAIT):
-            await balances.sync()
+            await wallet.balances.sync()
+
+    def view(self) -> dict[str, Any]:
+        """``router.balances()``'s report of the one wallet."""
+        (report,) = self.router.balances()["wallets"]
+        assert report["wallet"] == self.user
+        return dict(report)
 
     def account_views(self) -> dict[str, dict[str, Any]]:
         """``router.balances()``'s sub-accounts by lower-case provider address."""
-        return {view["provider"].lower(): view for view in self.router.balances()["accounts"]}
+        return {view["provider"].lower(): view for view in self.view()["accounts"]}
 
     def request_costs(self, provider: DevnetProvider, *, stream: bool | None = None) -> list[int]:
         """The cost of every request ``provider`` served (optionally only streamed or only plain ones)."""

@@ -18,6 +18,7 @@ from router.money.balances import END_OF_BLOCK
 from router.money.funder import MAX_PROVIDERS_PER_RETRIEVE, MAX_PROVIDERS_PER_SERVICE, Funder
 from router.observability.events import Funded, FundingFailed
 from router.pool.accounting import Accounts, FundingState
+from router.pool.capacity import MemoryCapacity
 from router.pool.providers import Pool, ProviderInfo, ProviderKind
 from router.types import Account, Ledger, TxResult
 from tests.support import NEURON, EventLog, FakeClock
@@ -144,7 +145,7 @@ class Harness:
         self.chain = chain
         self.options = options or MoneyOptions()
         self.clock = FakeClock()
-        self.pool = Pool(clock=self.clock)
+        self.pool = Pool(clock=self.clock, capacity=MemoryCapacity(clock=self.clock))
         self.pool.replace(ProviderKind.CHAIN, [info(p) for p in providers])
         self.pool.replace(ProviderKind.STATIC, [info(STATIC, ProviderKind.STATIC)])
         self.accounts = Accounts(low_water=self.options.fund_below_neuron)
@@ -201,7 +202,7 @@ class TestTopUp:
         account = h.accounts.of(P)
         assert (account.available, account.funding) == (h.options.fund_to_neuron, FundingState.OK)
         [funded] = h.events.of(Funded)
-        assert (funded.provider, funded.amount, funded.manual) == (P, 14 * TENTH, False)
+        assert (funded.wallet, funded.provider, funded.amount, funded.manual) == (USER, P, 14 * TENTH, False)
         assert funded.tx_hash == f"0x{chain.block:064x}"
         assert h.funded == [P]
         assert h.accounts.ledger_available == 100 * NEURON - 14 * TENTH
@@ -285,7 +286,7 @@ class TestLedgerLow:
         await h.funder.cycle()
         assert chain.transfers == []
         [failure] = h.events.of(FundingFailed)
-        assert (failure.provider, failure.state) == (P, "ledger_low")
+        assert (failure.wallet, failure.provider, failure.state) == (USER, P, "ledger_low")
         assert "deposit more" in failure.detail
         assert h.accounts.of(P).funding is FundingState.LEDGER_LOW
         assert h.funder.due() == []

@@ -135,10 +135,16 @@ def delta(after: list[int], before: list[int]) -> list[int]:
     return [a - b for a, b in zip(after, before, strict=True)]
 
 
+def wallet_view(router: Router) -> dict[str, Any]:
+    """The router's balance view of its one wallet."""
+    (report,) = router.balances()["wallets"]
+    assert report["wallet"] == router.wallets[0].address
+    return dict(report)
+
+
 def account(router: Router, provider: str) -> dict[str, Any]:
     """``provider``'s entry in the router's balance view."""
-    accounts = router.balances()["accounts"]
-    return next(a for a in accounts if a["provider"].lower() == provider.lower())
+    return next(a for a in wallet_view(router)["accounts"] if a["provider"].lower() == provider.lower())
 
 
 def address(devnet: Devnet, index: int) -> str:
@@ -252,12 +258,13 @@ class TestLedgerTooLow:
                 lambda e: isinstance(e, Funded) and e.provider == funded and not e.manual, within=TIMEOUT
             )
             assert top_up.amount <= 8 * NEURON // 10
-            alerts = {a["provider"].lower(): a for a in router.balances()["alerts"]}
+            alerts = {a["provider"].lower(): a for a in wallet_view(router)["alerts"]}
             more = await traffic(router, 10)
         assert [str(f) for f in failures(results + more)] == []
         assert [e for e in log.of(FundingFailed) if e.provider == unfundable] == [
-            FundingFailed(unfundable, "ledger_low", alerts[unfundable.lower()]["detail"])
+            FundingFailed(funds.address, unfundable, "ledger_low", alerts[unfundable.lower()]["detail"])
         ]
+        assert alerts[unfundable.lower()]["wallet"] == funds.address
         assert alerts.keys() == {unfundable.lower(), address(devnet, SOLO).lower()}
         assert alerts[unfundable.lower()]["state"] == "ledger_low"
         assert "deposit more to the ledger" in alerts[unfundable.lower()]["detail"]
@@ -307,7 +314,7 @@ class TestNewProviders:
                 assert view["acknowledged"]
                 assert int(view["available"]) == NEURON
                 assert view["funding"] == "ok"
-            assert router.balances()["ledger"]["available"] == str(4 * NEURON)
+            assert wallet_view(router)["ledger"]["available"] == str(4 * NEURON)
             results = await traffic(router, 4) + await traffic(router, 2, model=SOLO_MODEL)
         assert [str(f) for f in failures(results)] == []
         for provider in devnet.providers:
@@ -353,12 +360,12 @@ class TestOperatorFundingAndRefunds:
         funds = await new_wallet(devnet, 10 * NEURON, dict.fromkeys(range(len(PROVIDERS)), 2 * NEURON))
         log = EventLog()
         async with funding_router(devnet, funds, log, fund_below=0.5, fund_to=1.0) as router:
-            before_ledger = int(router.balances()["ledger"]["available"])
+            before_ledger = int(wallet_view(router)["ledger"]["available"])
             before = account(router, provider)
             result = await asyncio.wait_for(router.fund(provider, self.HALF), TIMEOUT)
-            after_ledger = int(router.balances()["ledger"]["available"])
+            after_ledger = int(wallet_view(router)["ledger"]["available"])
             after = account(router, provider)
-        assert log.of(Funded) == [Funded(provider, self.HALF, result.tx_hash, manual=True)]
+        assert log.of(Funded) == [Funded(funds.address, provider, self.HALF, result.tx_hash, manual=True)]
         assert int(after["balance"]) - int(before["balance"]) == self.HALF
         assert int(after["available"]) - int(before["available"]) == self.HALF
         assert before_ledger - after_ledger == self.HALF
@@ -378,12 +385,14 @@ class TestOperatorFundingAndRefunds:
         log = EventLog()
         before = served(devnet)
         async with funding_router(devnet, funds, log, fund_below=0.9, fund_to=1.5) as router:
-            [refund] = await asyncio.wait_for(router.refund([drained]), TIMEOUT)
+            refunds = await asyncio.wait_for(router.refund([drained]), TIMEOUT)
+            assert list(refunds) == [funds.address]
+            [refund] = refunds[funds.address]
             assert refund.tx_hash
-            view = account(router, drained)
-            assert view["funding"] == "draining"
-            assert view["pending_refund"] == view["balance"] == str(2 * NEURON)
-            assert int(view["available"]) < 0
+            drained_view = account(router, drained)
+            assert drained_view["funding"] == "draining"
+            assert drained_view["pending_refund"] == drained_view["balance"] == str(2 * NEURON)
+            assert int(drained_view["available"]) < 0
             assert await funds.locked(drained) == 0
 
             # 20 requests take the other provider under fund_below: a funder cycle tops it up, not this one.

@@ -77,14 +77,14 @@ class TestReconcile:
         await money.resync()
         ledger = await money.chain.get_ledger(money.user)
         assert ledger is not None
-        view = money.router.balances()["ledger"]
+        view = money.view()["ledger"]
         assert (int(view["available"]), int(view["total"])) == (
             ledger.available_balance,
             ledger.total_balance,
         )
         assert view["funded_providers"] == len(devnet.providers)
         # The resync also asked each provider what is owed: after the last cycle, nothing.
-        assert all(v["unsettled"] == "0" for v in money.router.balances()["accounts"])
+        assert all(v["unsettled"] == "0" for v in money.view()["accounts"])
         balances = [a.balance for a in await money.chain.accounts_of(money.user)]
         assert ledger.total_balance - ledger.available_balance == sum(balances)
         assert ledger.total_balance == LEDGER_DEPOSIT - total_settled

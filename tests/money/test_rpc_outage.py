@@ -33,10 +33,10 @@ LATENCY = 0.2
 LANES = 4
 
 
-def watcher_gauges(metrics: Metrics) -> tuple[float, float]:
-    """(watcher_lag_blocks, watcher_stalled_seconds) as a scrape would read them now."""
-    lag = metrics.registry.get_sample_value("zg_router_watcher_lag_blocks")
-    stalled = metrics.registry.get_sample_value("zg_router_watcher_stalled_seconds")
+def watcher_gauges(metrics: Metrics, wallet: str) -> tuple[float, float]:
+    """(watcher_lag_blocks, watcher_stalled_seconds) of ``wallet`` as a scrape would read them now."""
+    lag = metrics.registry.get_sample_value("zg_router_watcher_lag_blocks", {"wallet": wallet})
+    stalled = metrics.registry.get_sample_value("zg_router_watcher_stalled_seconds", {"wallet": wallet})
     assert lag is not None
     assert stalled is not None
     return lag, stalled
@@ -106,7 +106,7 @@ class TestRpcOutage:
                 await money.log.wait_for(
                     lambda e: isinstance(e, BackgroundError) and e.task == "settlement-watcher", within=WAIT
                 )
-                lag_at_cut = watcher_gauges(metrics)
+                lag_at_cut = watcher_gauges(metrics, money.user)
                 # Settlements the router cannot see yet, between requests it keeps serving.
                 await settle_all(devnet)
                 await served(money, 40)
@@ -117,7 +117,7 @@ class TestRpcOutage:
                 await asyncio.sleep(remaining)  # the outage itself: its length is the scenario
 
                 # Still cut off: what the router shows is what it knew before the outage.
-                lag_before_resume = watcher_gauges(metrics)
+                lag_before_resume = watcher_gauges(metrics, money.user)
                 during = money.account_views()
                 assert money.watcher.cursor == cursor
                 for address, view in during.items():
@@ -139,6 +139,7 @@ class TestRpcOutage:
         assert failures == []
         assert len(served_during) >= 60
         assert len(watcher_errors(money)) == 1
+        assert [e.wallet for e in watcher_errors(money)] == [money.user]
 
         await settle_all(devnet)
         head = await money.chain.block_number()
@@ -149,7 +150,7 @@ class TestRpcOutage:
         assert lag_before_resume[0] > lag_at_cut[0]
         assert lag_before_resume[1] > lag_at_cut[1] >= 0
         last = money.log.of(WatcherProgress)[-1]
-        assert watcher_gauges(metrics) == (last.head - last.block, 0)
+        assert watcher_gauges(metrics, money.user) == (last.head - last.block, 0)
 
         await assert_matches_chain(money)
         total_spent = sum(int(v["spent"]) for v in money.account_views().values())

@@ -133,11 +133,11 @@ class TestApplying:
         )
         assert (account.our_unsettled, account.settled) == (2 * 10**17, 3 * 10**17)
         assert account.acknowledged  # a log says nothing about acknowledgement: the read's flag stays
-        assert h.events.of(Settled) == [Settled(P, 3 * 10**17, START + 3)]
+        assert h.events.of(Settled) == [Settled(USER, P, 3 * 10**17, START + 3)]
         assert h.settled == [P]
         assert h.events.of(SettlementRejected) == []
         assert h.watcher.cursor == START + 6
-        assert h.events.of(WatcherProgress) == [WatcherProgress(START + 5, START + 5)]
+        assert h.events.of(WatcherProgress) == [WatcherProgress(USER, START + 5, START + 5)]
         assert h.chain.users == {USER}
 
     async def test_each_fee_is_paired_with_its_own_transactions_provider(self, h: Harness) -> None:
@@ -183,17 +183,17 @@ class TestApplying:
         await h.watcher.step()
         account = h.accounts.of(P)
         assert (account.settled, account.our_unsettled, account.balance) == (NEURON, NEURON, 0)
-        assert h.events.of(Settled) == [Settled(P, NEURON, START)]
+        assert h.events.of(Settled) == [Settled(USER, P, NEURON, START)]
         assert h.events.of(SettlementRejected) == []
 
     @pytest.mark.parametrize("status", [2, 3, 4, 5])
     async def test_failed_settlement_is_reported_and_charges_nothing(self, h: Harness, status: int) -> None:
-        """A failed entry emits only TEESettlementResult: SettlementRejected(status, fee, block), and our
-        unsettled estimate is left as it was."""
+        """A failed entry emits only TEESettlementResult: SettlementRejected(wallet, status, fee, block),
+        and our unsettled estimate is left as it was."""
         h.owed(P, 900)
         h.chain.logs = [MoneyLog(START, "0xfail", 0, SettlementResult(status, 900))]
         await h.watcher.step()
-        assert h.events.of(SettlementRejected) == [SettlementRejected(status, 900, START)]
+        assert h.events.of(SettlementRejected) == [SettlementRejected(USER, status, 900, START)]
         assert h.events.of(Settled) == []
         assert h.settled == []
         assert (h.accounts.of(P).our_unsettled, h.accounts.of(P).settled) == (900, 0)
@@ -254,7 +254,7 @@ class TestConfirmations:
         assert await h.watcher.step()
         assert chain.ranges[-1] == (START + 5, START + 5)
         assert h.accounts.of(P).our_unsettled == 0
-        assert h.events.of(WatcherProgress)[-1] == WatcherProgress(START + 5, START + 8)
+        assert h.events.of(WatcherProgress)[-1] == WatcherProgress(USER, START + 5, START + 8)
 
     async def test_nothing_is_read_before_the_first_block_is_buried(self, chain: FakeChain) -> None:
         """Head within the confirmation depth of the start: no logs read, cursor kept, caught up; the
@@ -264,7 +264,7 @@ class TestConfirmations:
         assert await h.watcher.step()
         assert chain.ranges == []
         assert h.watcher.cursor == START
-        assert h.events.of(WatcherProgress) == [WatcherProgress(START - 1, START + 4)]
+        assert h.events.of(WatcherProgress) == [WatcherProgress(USER, START - 1, START + 4)]
 
     async def test_long_ranges_are_read_in_chunks(self, chain: FakeChain) -> None:
         """Far behind the head, each pass reads at most MAX_RANGE blocks and says it is not caught up."""
@@ -315,7 +315,7 @@ class TestReorg:
         assert chain.ranges[-1][0] <= START + 8  # the settlement's block really was read again
         account = h.accounts.of(P)
         assert (account.our_unsettled, account.settled) == (600, 400)
-        assert h.events.of(Settled) == [Settled(P, 400, START + 8)]
+        assert h.events.of(Settled) == [Settled(USER, P, 400, START + 8)]
         assert h.settled == [P]
         assert h.accounts.of(Q).balance == 2 * NEURON
 
@@ -374,7 +374,7 @@ class TestOutage:
         h.chain.hash_down.clear()
         assert await h.watcher.step()
         assert h.accounts.of(P).our_unsettled == 600
-        assert h.events.of(Settled) == [Settled(P, 400, START + 2)]
+        assert h.events.of(Settled) == [Settled(USER, P, 400, START + 2)]
 
     async def test_the_next_pass_catches_up_without_double_applying(self, h: Harness) -> None:
         """Applied, then an outage while more logs land, then recovery: old logs once, new ones once."""

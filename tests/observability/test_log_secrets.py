@@ -169,8 +169,7 @@ class Live:
 
 def record_tokens(router: Router, seen: set[str]) -> None:
     """Every ``Authorization`` value the router's session tokens hand out goes into ``seen``."""
-    tokens = router._tokens  # the router's SessionTokens: the cache of the tokens it minted
-    assert tokens is not None
+    tokens = router.wallets[0].tokens  # the wallet's SessionTokens: the cache of the tokens it minted
     original = tokens.authorization
 
     async def authorization(provider: str) -> str:
@@ -202,8 +201,7 @@ async def run_traffic(
         live = Live(devnet, router, gateway.url, router_config.private_key, http, events)
         record_tokens(router, live.tokens)
         await drive(live, echo=echo)
-        assert router._tokens is not None
-        live.tokens |= {token.authorization for token in router._tokens._tokens.values()}
+        live.tokens |= {token.authorization for token in router.wallets[0].tokens._tokens.values()}
     return live
 
 

@@ -405,7 +405,7 @@ class TestLogObserver:
         configure_logging("info", format="json", stream=stream)
         observer = LogObserver()
         observer(finished())
-        observer(WatcherProgress(block=5, head=6))
+        observer(WatcherProgress(wallet="0x70997970C51812dc3A010C7d01b50e20d17dc79C", block=5, head=6))
         observer(
             finished(
                 request_id="req-43",

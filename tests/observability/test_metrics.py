@@ -37,7 +37,7 @@ from router.observability.metrics import Metrics
 from router.pool.health import BreakerState, HealthPolicy
 from router.server.app import Gateway
 from router.transport.http import TransportOptions
-from tests.support import EventLog, funded_wallet
+from tests.support import EventLog, funded_wallet, in_flight
 
 API_KEY = "sk-metrics-" + "0123456789abcdef" * 2
 MODEL = "metrics-chat"
@@ -331,8 +331,8 @@ async def test_provider_gauges_follow_limits_breakers_and_balances(open_stack: O
     assert state.health.state is BreakerState.OPEN
 
     text = s.scrape_now()
-    accounts = s.router.accounts
-    assert accounts is not None
+    (wallet,) = s.router.wallets
+    accounts = wallet.accounts
     books = {a.provider: (a.available, a.unsettled) for a in accounts}
     ledger = accounts.ledger_available
     assert sample(text, "zg_router_provider_breaker_state", provider=bad, state="open") == 1
@@ -343,11 +343,12 @@ async def test_provider_gauges_follow_limits_breakers_and_balances(open_stack: O
         assert sample(text, "zg_router_provider_breaker_state", provider=good, state="closed") == 1
     assert set(books) == ids
     for p, (available, unsettled) in books.items():
+        at = {"provider": p, "wallet": wallet.address}
         assert available > 0
-        assert sample(text, "zg_router_provider_balance_neuron", provider=p) == available
-        assert sample(text, "zg_router_provider_unsettled_neuron", provider=p) == unsettled
+        assert sample(text, "zg_router_provider_balance_neuron", **at) == available
+        assert sample(text, "zg_router_provider_unsettled_neuron", **at) == unsettled
     assert ledger > 0
-    assert sample(text, "zg_router_ledger_available_neuron") == ledger
+    assert sample(text, "zg_router_ledger_available_neuron", wallet=wallet.address) == ledger
 
 
 async def test_in_flight_gauge_counts_a_pending_request(open_stack: Open) -> None:
@@ -360,7 +361,7 @@ async def test_in_flight_gauge_counts_a_pending_request(open_stack: Open) -> Non
     assert state is not None
     task = asyncio.create_task(s.chat("take your time", extra_headers=s.pin(1, fallbacks=False)))
     try:
-        await until(lambda: state.gate.in_flight == 1 or task.done(), within=WAIT)
+        await until(lambda: in_flight(s.router, state) == 1 or task.done(), within=WAIT)
         assert not task.done(), "the request finished before it was seen in flight"
         text = s.scrape_now()
         assert sample(text, "zg_router_provider_in_flight", provider=slow) == 1
@@ -476,9 +477,11 @@ async def test_watcher_gauges(open_stack: Open) -> None:
     text = s.scrape_now()
     last = s.log.of(WatcherProgress)[-1]
     head = await s.devnet.owner.block_number()
-    assert sample(text, "zg_router_watcher_block") == last.block
+    (wallet,) = s.router.wallets
+    assert last.wallet == wallet.address
+    assert sample(text, "zg_router_watcher_block", wallet=wallet.address) == last.block
     assert 0 < mined <= last.block <= head
-    lag = sample(text, "zg_router_watcher_lag_blocks")
+    lag = sample(text, "zg_router_watcher_lag_blocks", wallet=wallet.address)
     assert lag is not None
     assert lag == max(0, last.head - last.block)
     assert lag >= 0

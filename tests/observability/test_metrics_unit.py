@@ -22,16 +22,21 @@ from router.observability.events import (
     SettlementRejected,
     WatcherProgress,
 )
-from router.observability.metrics import FAILOVER_REASONS, Metrics, health_score
+from router.observability.metrics import FAILOVER_REASONS, FUNDING_FAILURES, Metrics, health_score
+from router.pool.accounting import Accounts
 from router.pool.health import BreakerState
 
 ROUTER_SOURCES = Path(__file__).parents[2] / "router"
 PROVIDER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
+OTHER_PROVIDER = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc"
+WALLET = "0x70997970C51812dc3A010C7d01b50e20d17dc79C"
+OTHER_WALLET = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 
 
 @dataclass
 class FakePool:
     models: set[str] = field(default_factory=lambda: {"model-r"})
+    capacity: None = None  # read only for the lanes of providers, and this pool has none
 
     def knows_model(self, model: str) -> bool:
         return model in self.models
@@ -46,13 +51,21 @@ class FakeConfig:
 
 
 @dataclass
+class FakeWallet:
+    """What ``Metrics`` reads of a wallet's services: its address and book."""
+
+    address: str
+    accounts: Accounts = field(default_factory=Accounts)
+
+
+@dataclass
 class FakeRouter:
-    """What ``Metrics`` reads of a router: its pool, queue, accounts, clock and config."""
+    """What ``Metrics`` reads of a router: its pool, queue, wallets, clock and config."""
 
     pool: FakePool = field(default_factory=FakePool)
     config: FakeConfig = field(default_factory=FakeConfig)
     queued: int = 0
-    accounts: None = None
+    wallets: tuple[FakeWallet, ...] = ()
     observers: list[object] = field(default_factory=list)
 
     def subscribe(self, observer: object) -> None:
@@ -140,27 +153,93 @@ def test_failed_attempts_count_by_reason_and_only_pre_byte_ones_are_failovers(me
 
 
 def test_money_chain_and_background_events(metrics: Metrics) -> None:
-    metrics(Funded(PROVIDER, 2 * 10**18, "0xabc"))
-    metrics(Funded(PROVIDER, 10**18, "0xdef", manual=True))
-    metrics(FundingFailed(PROVIDER, "ledger_low", "deposit more"))
-    metrics(Settled(PROVIDER, 5000, 12))
-    metrics(SettlementRejected(3, 5000, 13))
-    metrics(WatcherProgress(40, 46))
+    """Each money event counts under its wallet (and provider); chain and background events by endpoint
+    and task."""
+    metrics(Funded(WALLET, PROVIDER, 2 * 10**18, "0xabc"))
+    metrics(Funded(WALLET, PROVIDER, 10**18, "0xdef", manual=True))
+    metrics(FundingFailed(WALLET, PROVIDER, "ledger_low", "deposit more"))
+    metrics(Settled(WALLET, PROVIDER, 5000, 12))
+    metrics(SettlementRejected(WALLET, 3, 5000, 13))
+    metrics(WatcherProgress(WALLET, 40, 46))
     metrics(RpcFailed("http://127.0.0.1:9", "cannot connect"))
     metrics(BackgroundError("discovery", "boom"))
-    assert value(metrics, "zg_router_funding_transactions_total", provider=PROVIDER, trigger="auto") == 1
-    assert value(metrics, "zg_router_funding_transactions_total", provider=PROVIDER, trigger="manual") == 1
-    assert value(metrics, "zg_router_funded_neuron_total", provider=PROVIDER) == 3 * 10**18
-    assert value(metrics, "zg_router_funding_failures_total", reason="ledger_low") == 1
-    assert value(metrics, "zg_router_funding_failures_total", reason="failed") == 0
-    assert value(metrics, "zg_router_settlements_total", provider=PROVIDER) == 1
-    assert value(metrics, "zg_router_settled_neuron_total", provider=PROVIDER) == 5000
-    assert value(metrics, "zg_router_settlement_rejections_total") == 1
-    assert value(metrics, "zg_router_watcher_block") == 40
-    assert value(metrics, "zg_router_watcher_lag_blocks") == 6
+    at = {"provider": PROVIDER, "wallet": WALLET}
+    assert value(metrics, "zg_router_funding_transactions_total", **at, trigger="auto") == 1
+    assert value(metrics, "zg_router_funding_transactions_total", **at, trigger="manual") == 1
+    assert value(metrics, "zg_router_funded_neuron_total", **at) == 3 * 10**18
+    assert value(metrics, "zg_router_funding_failures_total", wallet=WALLET, reason="ledger_low") == 1
+    assert value(metrics, "zg_router_funding_failures_total", wallet=WALLET, reason="failed") == 0
+    assert value(metrics, "zg_router_settlements_total", **at) == 1
+    assert value(metrics, "zg_router_settled_neuron_total", **at) == 5000
+    assert value(metrics, "zg_router_settlement_rejections_total", wallet=WALLET) == 1
+    assert value(metrics, "zg_router_watcher_block", wallet=WALLET) == 40
+    assert value(metrics, "zg_router_watcher_lag_blocks", wallet=WALLET) == 6
     assert value(metrics, "zg_router_chain_rpc_errors_total", endpoint="http://127.0.0.1:9") == 1
     assert value(metrics, "zg_router_background_errors_total", task="discovery") == 1
     assert value(metrics, "zg_router_background_errors_total", task="settlement-watcher") == 0
+
+
+class TestWallets:
+    def test_each_wallet_counts_apart(self, metrics: Metrics) -> None:
+        """Two wallets funding and settling at one provider: every money series is per wallet, and one
+        wallet's events leave the other's series alone."""
+        metrics(Funded(WALLET, PROVIDER, 7, "0xa"))
+        metrics(Funded(OTHER_WALLET, PROVIDER, 5, "0xb"))
+        metrics(Funded(OTHER_WALLET, PROVIDER, 1, "0xc", manual=True))
+        metrics(Settled(OTHER_WALLET, PROVIDER, 300, 9))
+        metrics(FundingFailed(WALLET, OTHER_PROVIDER, "provider_cap", "50 providers"))
+        metrics(SettlementRejected(OTHER_WALLET, 2, 10, 9))
+        funded = "zg_router_funded_neuron_total"
+        assert value(metrics, funded, provider=PROVIDER, wallet=WALLET) == 7
+        assert value(metrics, funded, provider=PROVIDER, wallet=OTHER_WALLET) == 6
+        auto = {"provider": PROVIDER, "trigger": "auto"}
+        assert value(metrics, "zg_router_funding_transactions_total", **auto, wallet=WALLET) == 1
+        assert value(metrics, "zg_router_funding_transactions_total", **auto, wallet=OTHER_WALLET) == 1
+        assert value(metrics, "zg_router_settled_neuron_total", provider=PROVIDER, wallet=WALLET) is None
+        assert value(metrics, "zg_router_settled_neuron_total", provider=PROVIDER, wallet=OTHER_WALLET) == 300
+        failures = "zg_router_funding_failures_total"
+        assert value(metrics, failures, wallet=WALLET, reason="provider_cap") == 1
+        assert value(metrics, failures, wallet=OTHER_WALLET, reason="provider_cap") == 0
+        assert value(metrics, "zg_router_settlement_rejections_total", wallet=WALLET) == 0
+        assert value(metrics, "zg_router_settlement_rejections_total", wallet=OTHER_WALLET) == 1
+
+    def test_configured_wallets_start_at_zero_on_the_first_scrape(self) -> None:
+        """Before any event, the first scrape already shows each configured wallet's funding failures
+        (every reason), settlement rejections and watcher gauges at zero, and no other wallet."""
+        router = FakeRouter(wallets=(FakeWallet(WALLET), FakeWallet(OTHER_WALLET)))
+        metrics = Metrics(router)  # type: ignore[arg-type]
+        text = generate_latest(metrics.registry).decode()
+        for wallet in (WALLET, OTHER_WALLET):
+            for reason in FUNDING_FAILURES:
+                labels = {"wallet": wallet, "reason": reason}
+                assert value(metrics, "zg_router_funding_failures_total", **labels) == 0
+            assert value(metrics, "zg_router_settlement_rejections_total", wallet=wallet) == 0
+            for gauge in ("watcher_block", "watcher_lag_blocks", "watcher_stalled_seconds"):
+                assert value(metrics, f"zg_router_{gauge}", wallet=wallet) == 0, gauge
+            assert f'zg_router_settlement_rejections_total{{wallet="{wallet}"}} 0.0' in text
+        assert set(re.findall(r'wallet="([^"]+)"', text)) == {WALLET, OTHER_WALLET}
+
+    def test_balances_and_ledgers_are_read_per_wallet_at_scrape(self) -> None:
+        """The sub-account and ledger gauges show each wallet's own book as it is when scraped."""
+        mine, theirs = FakeWallet(WALLET), FakeWallet(OTHER_WALLET)
+        metrics = Metrics(FakeRouter(wallets=(mine, theirs)))  # type: ignore[arg-type]
+        mine.accounts.observe_ledger(block=5, available=9 * 10**18, total=12 * 10**18, providers=frozenset())
+        theirs.accounts.observe_ledger(block=5, available=4 * 10**18, total=4 * 10**18, providers=frozenset())
+        for wallet, balance in ((mine, 3 * 10**18), (theirs, 5 * 10**18)):
+            wallet.accounts.observe(PROVIDER, position=(5, 0), exists=True, balance=balance, pending_refund=0)
+        expected = {
+            WALLET: (mine.accounts.of(PROVIDER).available, 9 * 10**18),
+            OTHER_WALLET: (theirs.accounts.of(PROVIDER).available, 4 * 10**18),
+        }
+        assert expected[WALLET][0] != expected[OTHER_WALLET][0]
+        for wallet, (available, ledger) in expected.items():
+            at = {"provider": PROVIDER, "wallet": wallet}
+            assert value(metrics, "zg_router_provider_balance_neuron", **at) == available
+            assert value(metrics, "zg_router_provider_unsettled_neuron", **at) == 0
+            assert value(metrics, "zg_router_ledger_available_neuron", wallet=wallet) == ledger
+        mine.accounts.hold(PROVIDER, 10**17).close(10**17)
+        at = {"provider": PROVIDER, "wallet": WALLET}
+        assert value(metrics, "zg_router_provider_unsettled_neuron", **at) == 10**17
 
 
 def test_every_background_task_the_router_names_is_pre_initialised() -> None:

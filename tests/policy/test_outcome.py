@@ -1,19 +1,20 @@
-"""What a provider's reply means: verdicts by status and broker message, error text, JSON bodies, rate-limit
-resets."""
+"""What a provider's reply means: verdicts by status and broker message, busy 503s, error text, JSON
+bodies."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
+from multidict import CIMultiDict
 
 from router.policy.outcome import (
-    MAX_RESET_SECONDS,
     Verdict,
+    busy,
     classify,
     error_message,
     json_object,
-    reset_seconds,
     says_json,
 )
 from router.pool.providers import ProviderKind
@@ -338,6 +339,36 @@ class TestClassify:
         assert classify(400, body) is Verdict.UNFUNDED
 
 
+GLOBAL_CAP = b'{"error":"Server is currently processing too many requests. Please try again later."}'
+
+
+class TestBusy:
+    @pytest.mark.parametrize(
+        ("status", "headers", "body", "expected"),
+        [
+            pytest.param(503, {}, GLOBAL_CAP, True, id="global-concurrency-cap-body"),
+            pytest.param(503, {}, b'{"error":"Server is at capacity"}', True, id="global-rate-cap-body"),
+            pytest.param(503, {"Retry-After": "2"}, b'{"error":"global rate limit"}', True, id="retry-after"),
+            pytest.param(503, CIMultiDict({"retry-after": "1"}), b"", True, id="retry-after-any-case"),
+            pytest.param(503, {}, b'{"error":"upstream unavailable"}', False, id="upstream-503"),
+            pytest.param(503, {}, b"", False, id="bare-503"),
+            pytest.param(502, {"Retry-After": "2"}, GLOBAL_CAP, False, id="other-5xx"),
+            pytest.param(429, {"Retry-After": "2"}, GLOBAL_CAP, False, id="429"),
+        ],
+    )
+    def test_only_the_brokers_global_cap_503_is_busy(
+        self, status: int, headers: Mapping[str, str], body: bytes, expected: bool
+    ) -> None:
+        """A 503 is back-pressure when it carries one of the broker's global-cap messages (§4.2, §4.7) or
+        a Retry-After (the server says when to come back); any other 503 is ill health."""
+        assert busy(status, headers, body) is expected
+
+    def test_classify_alone_calls_a_busy_503_unhealthy(self) -> None:
+        """``busy`` is asked first by the dispatcher; ``classify`` knows nothing of the global cap."""
+        assert classify(503, GLOBAL_CAP) is Verdict.UNHEALTHY
+        assert Verdict.BUSY.value == "busy"
+
+
 class TestErrorMessage:
     @pytest.mark.parametrize(
         ("body", "message"),
@@ -409,46 +440,3 @@ class TestSaysJson:
     def test_content_types(self, content_type: str, json: bool) -> None:
         """Only application/json, whatever its case and parameters, says the body is JSON."""
         assert says_json(content_type) is json
-
-
-class TestResetSeconds:
-    @pytest.mark.parametrize(
-        ("value", "seconds"),
-        [
-            ("2s", 2.0),
-            ("0s", 0.0),
-            ("1.5s", 1.5),
-            ("1m30s", 90.0),
-            ("1m", 60.0),
-            ("1m30.5s", 90.5),
-            ("250ms", 0.25),
-            ("1h", 3600.0),
-            ("0h59m0s", 3540.0),
-            ("0h2m3s4ms", 123.004),
-            ("2h0m0s", MAX_RESET_SECONDS),
-            ("99999", MAX_RESET_SECONDS),
-            ("3", 3.0),
-            ("0.25", 0.25),
-            (" 2s ", 2.0),
-            ("-5", 0.0),
-            ("", None),
-            (None, None),
-            ("garbage", None),
-            ("s", None),
-            ("ms", None),
-            ("1d", None),
-            ("2026-01-01T00:00:00Z", None),
-        ],
-    )
-    def test_parses_durations(self, value: str | None, seconds: float | None) -> None:
-        """``x-ratelimit-reset-*`` values in Go duration or bare-seconds form; anything else is None."""
-        result = reset_seconds(value)
-        if seconds is None:
-            assert result is None
-        else:
-            assert result == pytest.approx(seconds)
-
-    @pytest.mark.parametrize("value", ["inf", "Infinity", "1e999"])
-    def test_refuses_non_finite_values(self, value: str) -> None:
-        """A provider's "inf" is not a duration: it must not become an endless back-off."""
-        assert reset_seconds(value) is None

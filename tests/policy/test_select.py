@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,8 +17,9 @@ from router.policy.select import (
     rank,
     retry_candidates,
 )
+from router.pool.capacity import NO_DEMAND, Lease, MemoryCapacity
 from router.pool.health import Health
-from router.pool.limits import Gate, ProviderLimits
+from router.pool.limits import ProviderLimits
 from router.pool.providers import Exclusion, ProviderInfo, ProviderKind, ProviderState
 from router.pool.trust import Outcome
 from tests.policy.support import headers, parse
@@ -26,37 +28,72 @@ from tests.support import FakeClock
 SEEDS = range(200)
 
 
-def provider(
-    provider_id: str,
-    *,
-    prices: tuple[int, int] = (1, 1),
-    verifiability: str = "TeeML",
-    in_flight: int = 0,
-    max_concurrent: int = 5,
-    latency: float | None = None,
-    failures: int = 0,
-) -> ProviderState:
-    """A provider state shaped by hand: prices, load, one latency sample and some failures."""
-    limits = ProviderLimits(max_concurrent=max_concurrent)
-    info = ProviderInfo(
-        id=provider_id,
-        kind=ProviderKind.CHAIN,
-        base_url=f"http://{provider_id}/v1/proxy",
-        probe_url=f"http://{provider_id}/v1/models",
-        service_type="chatbot",
-        models=("m",),
-        input_price=prices[0],
-        output_price=prices[1],
-        verifiability=verifiability,
-        limits=limits,
-    )
-    state = ProviderState(info, Health(clock=FakeClock()), Gate(limits))
-    state.gate.in_flight = in_flight
-    if latency is not None:
-        state.health.record_success(latency=latency)
-    for _ in range(failures):
-        state.health.record_failure()
-    return state
+class Fleet:
+    """Providers shaped by hand for ranking, their lanes counted by a real ``MemoryCapacity``: a provider
+    built with ``in_flight=n`` holds n leases, and ``load`` is what the dispatcher ranks by, the mean load
+    of a provider's lanes."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.capacity = MemoryCapacity(clock=self.clock)
+        self.leases: list[Lease] = []
+
+    def __call__(
+        self,
+        provider_id: str,
+        *,
+        prices: tuple[int, int] = (1, 1),
+        verifiability: str = "TeeML",
+        in_flight: int = 0,
+        max_concurrent: int = 5,
+        latency: float | None = None,
+        failures: int = 0,
+        wallets: Sequence[str | None] = (None,),
+    ) -> ProviderState:
+        limits = ProviderLimits(requests_per_minute=6000, burst=100, max_concurrent=max_concurrent)
+        info = ProviderInfo(
+            id=provider_id,
+            kind=ProviderKind.CHAIN,
+            base_url=f"http://{provider_id}/v1/proxy",
+            probe_url=f"http://{provider_id}/v1/models",
+            service_type="chatbot",
+            models=("m",),
+            input_price=prices[0],
+            output_price=prices[1],
+            verifiability=verifiability,
+            limits=limits,
+        )
+        state = ProviderState(info, Health(clock=self.clock), wallets)
+        for lane in state.lanes:
+            self.capacity.configure(lane, limits)
+        self.fill(state, in_flight)
+        if latency is not None:
+            state.health.record_success(latency=latency)
+        for _ in range(failures):
+            state.health.record_failure()
+        return state
+
+    def fill(self, state: ProviderState, requests: int) -> None:
+        """Take ``requests`` leases on the provider's lanes, first lane first."""
+        for _ in range(requests):
+            lease = self.capacity.try_acquire(state.lanes, NO_DEMAND, self.clock())
+            assert lease is not None
+            self.leases.append(lease)
+
+    def shrink(self, state: ProviderState, max_concurrent: int) -> None:
+        """New limits with a lower cap: what is in flight may now be more than the cap."""
+        for lane in state.lanes:
+            self.capacity.configure(
+                lane, ProviderLimits(requests_per_minute=6000, burst=100, max_concurrent=max_concurrent)
+            )
+
+    def load(self, state: ProviderState) -> float:
+        return sum(self.capacity.load(lane) for lane in state.lanes) / len(state.lanes)
+
+
+@pytest.fixture
+def fleet() -> Fleet:
+    return Fleet()
 
 
 def seeded(seed: int) -> random.Random:
@@ -68,12 +105,12 @@ def ids(states: list[ProviderState]) -> list[str]:
 
 
 @pytest.fixture
-def trio() -> list[ProviderState]:
+def trio(fleet: Fleet) -> list[ProviderState]:
     """Three providers: a TeeML and cheap, b TeeTLS and mid-priced, c unverified and dear."""
     return [
-        provider("0xAAA", prices=(1, 1), verifiability="TeeML"),
-        provider("0xBBB", prices=(5, 5), verifiability="TeeTLS"),
-        provider("0xCCC", prices=(10, 2), verifiability=""),
+        fleet("0xAAA", prices=(1, 1), verifiability="TeeML"),
+        fleet("0xBBB", prices=(5, 5), verifiability="TeeTLS"),
+        fleet("0xCCC", prices=(10, 2), verifiability=""),
     ]
 
 
@@ -117,9 +154,10 @@ class TestEligible:
         ccc.trust.record(Outcome.UNVERIFIABLE, 2.0)
         assert ids(eligible(trio, parse({"verified_only": True}))) == ["0xBBB"]
 
-    def test_health_does_not_matter(self, trio: list[ProviderState]) -> None:
-        """A loaded, failing provider is still eligible: availability is decided elsewhere."""
-        trio[0].gate.in_flight = trio[0].gate.max_concurrent
+    def test_health_does_not_matter(self, trio: list[ProviderState], fleet: Fleet) -> None:
+        """A full, failing provider is still eligible: availability is decided elsewhere."""
+        fleet.fill(trio[0], 5)
+        assert fleet.load(trio[0]) == 1.0
         for _ in range(5):
             trio[0].health.record_failure()
         assert ids(eligible(trio, NO_PREFERENCES)) == ["0xAAA", "0xBBB", "0xCCC"]
@@ -162,9 +200,10 @@ class TestRetryCandidates:
 
 def on_one_clock(clock: FakeClock, *cooldowns: float | None) -> list[ProviderState]:
     """Providers p0, p1, ... sharing ``clock``; each given a cooldown has its breaker open that long."""
+    fleet = Fleet()
     states = []
     for index, cooldown in enumerate(cooldowns):
-        state = provider(f"p{index}")
+        state = fleet(f"p{index}")
         state.health = Health(clock=clock)
         if cooldown is not None:
             state.health.cool_down(cooldown)
@@ -234,150 +273,192 @@ class TestEjectionCap:
 
 
 class TestRankDeterministic:
-    def test_price_orders_by_input_plus_output(self) -> None:
+    def test_price_orders_by_input_plus_output(self, fleet: Fleet) -> None:
         """Cheapest total first: (1+2) < (2+2) < (5+1), although the last has the lowest output price."""
-        states = [provider("a", prices=(5, 1)), provider("b", prices=(1, 2)), provider("c", prices=(2, 2))]
+        states = [fleet("a", prices=(5, 1)), fleet("b", prices=(1, 2)), fleet("c", prices=(2, 2))]
         for seed in SEEDS:
-            assert ids(rank(states, NO_PREFERENCES, Strategy.PRICE, seeded(seed))) == ["b", "c", "a"]
+            assert ids(rank(states, NO_PREFERENCES, Strategy.PRICE, seeded(seed), fleet.load)) == [
+                "b",
+                "c",
+                "a",
+            ]
 
-    def test_price_ties_go_to_the_less_loaded(self) -> None:
+    def test_price_ties_go_to_the_less_loaded(self, fleet: Fleet) -> None:
         """Between equal prices the idler provider ranks first."""
-        states = [provider("busy", in_flight=3), provider("idle", in_flight=1)]
+        states = [fleet("busy", in_flight=3), fleet("idle", in_flight=1)]
         for seed in SEEDS:
-            assert ids(rank(states, NO_PREFERENCES, Strategy.PRICE, seeded(seed))) == ["idle", "busy"]
+            assert ids(rank(states, NO_PREFERENCES, Strategy.PRICE, seeded(seed), fleet.load)) == [
+                "idle",
+                "busy",
+            ]
 
-    def test_latency_puts_unmeasured_first_then_fastest(self) -> None:
+    def test_latency_puts_unmeasured_first_then_fastest(self, fleet: Fleet) -> None:
         """A provider with no latency sample ranks first (to get measured), then the fastest."""
-        states = [provider("slow", latency=0.3), provider("new"), provider("fast", latency=0.1)]
+        states = [fleet("slow", latency=0.3), fleet("new"), fleet("fast", latency=0.1)]
         for seed in SEEDS:
-            ranked = rank(states, NO_PREFERENCES, Strategy.LATENCY, seeded(seed))
+            ranked = rank(states, NO_PREFERENCES, Strategy.LATENCY, seeded(seed), fleet.load)
             assert ids(ranked) == ["new", "fast", "slow"]
 
-    def test_least_loaded_uses_the_share_of_slots_in_use(self) -> None:
+    def test_least_loaded_uses_the_share_of_slots_in_use(self, fleet: Fleet) -> None:
         """Load is in_flight / max_concurrent: 3/10 < 2/5 < 1/2, whatever the absolute counts."""
         states = [
-            provider("two-of-five", in_flight=2, max_concurrent=5),
-            provider("one-of-two", in_flight=1, max_concurrent=2),
-            provider("three-of-ten", in_flight=3, max_concurrent=10),
+            fleet("two-of-five", in_flight=2, max_concurrent=5),
+            fleet("one-of-two", in_flight=1, max_concurrent=2),
+            fleet("three-of-ten", in_flight=3, max_concurrent=10),
         ]
         for seed in SEEDS:
-            ranked = rank(states, NO_PREFERENCES, Strategy.LEAST_LOADED, seeded(seed))
+            ranked = rank(states, NO_PREFERENCES, Strategy.LEAST_LOADED, seeded(seed), fleet.load)
             assert ids(ranked) == ["three-of-ten", "two-of-five", "one-of-two"]
 
-    def test_least_loaded_ties_go_to_the_lower_error_rate(self) -> None:
+    def test_least_loaded_ties_go_to_the_lower_error_rate(self, fleet: Fleet) -> None:
         """Between equal loads the provider that fails less ranks first."""
-        states = [provider("flaky", failures=1), provider("steady")]
+        states = [fleet("flaky", failures=1), fleet("steady")]
         for seed in SEEDS:
-            ranked = rank(states, NO_PREFERENCES, Strategy.LEAST_LOADED, seeded(seed))
+            ranked = rank(states, NO_PREFERENCES, Strategy.LEAST_LOADED, seeded(seed), fleet.load)
             assert ids(ranked) == ["steady", "flaky"]
 
-    def test_no_candidates_rank_to_nothing(self) -> None:
+    def test_no_candidates_rank_to_nothing(self, fleet: Fleet) -> None:
         """Every strategy ranks an empty list to an empty list."""
         for strategy in Strategy:
-            assert rank([], NO_PREFERENCES, strategy, seeded(0)) == []
+            assert rank([], NO_PREFERENCES, strategy, seeded(0), fleet.load) == []
 
-    def test_the_request_sort_overrides_the_configured_strategy(self) -> None:
+    def test_the_request_sort_overrides_the_configured_strategy(self, fleet: Fleet) -> None:
         """``provider.sort`` replaces the router's default strategy for that request."""
-        states = [provider("dear-fast", prices=(9, 9), latency=0.1), provider("cheap-slow", latency=0.9)]
+        states = [fleet("dear-fast", prices=(9, 9), latency=0.1), fleet("cheap-slow", latency=0.9)]
         prefs = parse({"sort": "price"})
-        assert ids(rank(states, prefs, Strategy.LATENCY, seeded(0))) == ["cheap-slow", "dear-fast"]
+        assert ids(rank(states, prefs, Strategy.LATENCY, seeded(0), fleet.load)) == [
+            "cheap-slow",
+            "dear-fast",
+        ]
 
     @pytest.mark.parametrize("strategy", list(Strategy))
-    def test_order_puts_listed_providers_first_in_the_given_order(self, strategy: Strategy) -> None:
+    def test_order_puts_listed_providers_first_in_the_given_order(
+        self, fleet: Fleet, strategy: Strategy
+    ) -> None:
         """Listed providers come first in the listed order (any case), the rest after by strategy."""
         states = [
-            provider("0xA", prices=(1, 1), latency=0.1),
-            provider("0xB", prices=(2, 2), latency=0.2),
-            provider("0xC", prices=(3, 3), latency=0.3),
-            provider("0xD", prices=(4, 4), latency=0.4),
+            fleet("0xA", prices=(1, 1), latency=0.1),
+            fleet("0xB", prices=(2, 2), latency=0.2),
+            fleet("0xC", prices=(3, 3), latency=0.3),
+            fleet("0xD", prices=(4, 4), latency=0.4),
         ]
         prefs = parse({"order": ["0xd", "0xB"]})
         for seed in SEEDS:
-            ranked = ids(rank(states, prefs, strategy, seeded(seed)))
+            ranked = ids(rank(states, prefs, strategy, seeded(seed), fleet.load))
             assert ranked[:2] == ["0xD", "0xB"]
             assert sorted(ranked[2:]) == ["0xA", "0xC"]
             if strategy is Strategy.PRICE:
                 assert ranked[2:] == ["0xA", "0xC"]
 
-    def test_rank_leaves_its_input_alone(self) -> None:
+    def test_load_is_the_function_given(self, fleet: Fleet) -> None:
+        """Rank reads load only through ``load``: whatever it says orders the least-loaded strategy."""
+        states = [fleet("a", in_flight=4), fleet("b"), fleet("c", in_flight=2)]
+        said = {"a": 0.1, "b": 0.9, "c": 0.5}
+        for seed in SEEDS:
+            ranked = rank(states, NO_PREFERENCES, Strategy.LEAST_LOADED, seeded(seed), lambda s: said[s.id])
+            assert ids(ranked) == ["a", "c", "b"]
+
+    def test_a_second_wallet_halves_a_providers_load(self, fleet: Fleet) -> None:
+        """Two requests on a provider with a cap of 2: full with one wallet, half loaded with two (the
+        mean of its lanes' loads), so it ranks before a provider at 3 of 5."""
+        one_wallet = fleet("one-wallet", in_flight=2, max_concurrent=2)
+        two_wallets = fleet("two-wallets", in_flight=2, max_concurrent=2, wallets=("0xw1", "0xw2"))
+        three_of_five = fleet("three-of-five", in_flight=3)
+        assert (fleet.load(one_wallet), fleet.load(two_wallets)) == (1.0, 0.5)
+        states = [one_wallet, three_of_five, two_wallets]
+        for seed in SEEDS:
+            ranked = rank(states, NO_PREFERENCES, Strategy.LEAST_LOADED, seeded(seed), fleet.load)
+            assert ids(ranked) == ["two-wallets", "three-of-five", "one-wallet"]
+
+    def test_rank_leaves_its_input_alone(self, fleet: Fleet) -> None:
         """Ranking returns a new list and does not reorder the candidates given."""
-        states = [provider("b", prices=(2, 2)), provider("a")]
-        ranked = rank(states, NO_PREFERENCES, Strategy.PRICE, seeded(0))
+        states = [fleet("b", prices=(2, 2)), fleet("a")]
+        ranked = rank(states, NO_PREFERENCES, Strategy.PRICE, seeded(0), fleet.load)
         assert ids(states) == ["b", "a"]
         assert ids(ranked) == ["a", "b"]
 
 
 class TestRankWeightedRandom:
-    def test_same_seed_same_order(self) -> None:
+    def test_same_seed_same_order(self, fleet: Fleet) -> None:
         """The draw depends only on the random.Random given: equal seeds give equal orders."""
-        states = [provider(f"p{i}", in_flight=i % 3) for i in range(6)]
+        states = [fleet(f"p{i}", in_flight=i % 3) for i in range(6)]
         for seed in SEEDS:
-            first = ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed)))
-            second = ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed)))
+            first = ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed), fleet.load))
+            second = ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed), fleet.load))
             assert first == second
 
-    def test_a_full_provider_ranks_last_while_others_have_room(self) -> None:
+    def test_a_full_provider_ranks_last_while_others_have_room(self, fleet: Fleet) -> None:
         """A provider with every slot taken weighs 1e-6: in 200 seeded draws it never precedes a free one."""
         # With weights 1 and 1e-6, one draw puts it ahead of a free provider with odds of about 1e-6, so a
         # pass is no accident; the seeds are fixed, so the outcome never changes from run to run.
-        states = [provider("free-1"), provider("full", in_flight=5), provider("free-2", in_flight=1)]
+        states = [fleet("free-1"), fleet("full", in_flight=5), fleet("free-2", in_flight=1)]
         for seed in SEEDS:
-            assert ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed)))[-1] == "full"
+            assert ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed), fleet.load))[-1] == "full"
 
-    def test_over_full_provider_still_ranks_last(self) -> None:
+    def test_over_full_provider_still_ranks_last(self, fleet: Fleet) -> None:
         """More in flight than slots (after limits shrank) clamps the weight rather than inverting it."""
-        states = [provider("over", in_flight=7), provider("free")]
+        over = fleet("over", in_flight=5)
+        fleet.shrink(over, 3)
+        assert fleet.load(over) > 1
+        states = [over, fleet("free")]
         for seed in SEEDS:
-            assert ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed))) == ["free", "over"]
+            assert ids(rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed), fleet.load)) == [
+                "free",
+                "over",
+            ]
 
-    def test_first_place_follows_the_weights(self) -> None:
+    def test_first_place_follows_the_weights(self, fleet: Fleet) -> None:
         """Weights 1 (idle) and 0.5 (half loaded): the idle one comes first in about 2/3 of 2000 draws."""
-        states = [provider("idle", max_concurrent=4), provider("half", in_flight=2, max_concurrent=4)]
+        states = [fleet("idle", max_concurrent=4), fleet("half", in_flight=2, max_concurrent=4)]
         firsts = Counter(
-            rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed))[0].id for seed in range(2000)
+            rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed), fleet.load)[0].id
+            for seed in range(2000)
         )
         # 2/3 +- 0.06 is more than five standard deviations (0.0105) each side.
         assert 0.60 < firsts["idle"] / 2000 < 0.73
 
-    def test_error_rate_lowers_the_weight(self) -> None:
+    def test_error_rate_lowers_the_weight(self, fleet: Fleet) -> None:
         """A provider failing most of the time is drawn first far less often than a healthy one."""
-        states = [provider("healthy"), provider("failing", failures=20)]
+        states = [fleet("healthy"), fleet("failing", failures=20)]
         # 20 failures at alpha 0.2: error rate 1 - 0.8**20 = 0.988, weight 0.0115, so the healthy one is first
         # with odds 1/1.0115 = 0.989: about 1977 of 2000 draws, with a standard deviation under 5.
         firsts = Counter(
-            rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed))[0].id for seed in range(2000)
+            rank(states, NO_PREFERENCES, Strategy.RANDOM, seeded(seed), fleet.load)[0].id
+            for seed in range(2000)
         )
         assert firsts["healthy"] > 1940
 
 
 class TestRankBalanced:
-    def test_prefers_cheap_fast_and_idle(self) -> None:
+    def test_prefers_cheap_fast_and_idle(self, fleet: Fleet) -> None:
         """The cheap, fast, idle provider beats a dearer-and-slower one and an equally good busy one."""
         states = [
-            provider("dear-slow", prices=(2, 2), latency=0.2),
-            provider("busy", prices=(1, 1), latency=0.1, in_flight=4),
-            provider("best", prices=(1, 1), latency=0.1),
+            fleet("dear-slow", prices=(2, 2), latency=0.2),
+            fleet("busy", prices=(1, 1), latency=0.1, in_flight=4),
+            fleet("best", prices=(1, 1), latency=0.1),
         ]
         for seed in SEEDS:
-            assert ids(rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(seed)))[0] == "best"
+            assert ids(rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(seed), fleet.load))[0] == "best"
 
-    def test_avoids_a_high_error_rate(self) -> None:
+    def test_avoids_a_high_error_rate(self, fleet: Fleet) -> None:
         """Of two otherwise equal providers, the one that has been failing ranks last."""
-        states = [provider("failing", latency=0.1, failures=2), provider("healthy", latency=0.1)]
+        states = [fleet("failing", latency=0.1, failures=2), fleet("healthy", latency=0.1)]
         for seed in SEEDS:
-            ranked = rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(seed))
+            ranked = rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(seed), fleet.load)
             assert ids(ranked) == ["healthy", "failing"]
 
-    def test_unmeasured_counts_as_fast(self) -> None:
+    def test_unmeasured_counts_as_fast(self, fleet: Fleet) -> None:
         """A provider without a latency sample is not penalised against a measured slow one."""
-        states = [provider("slow", latency=0.5), provider("fast", latency=0.1), provider("new")]
+        states = [fleet("slow", latency=0.5), fleet("fast", latency=0.1), fleet("new")]
         for seed in SEEDS:
-            ranked = ids(rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(seed)))
+            ranked = ids(rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(seed), fleet.load))
             assert ranked[-1] == "slow"
 
-    def test_equal_providers_share_first_place(self) -> None:
+    def test_equal_providers_share_first_place(self, fleet: Fleet) -> None:
         """Noise breaks ties, so each of two identical providers is sometimes first."""
-        states = [provider("one", latency=0.1), provider("two", latency=0.1)]
-        firsts = Counter(rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(s))[0].id for s in SEEDS)
+        states = [fleet("one", latency=0.1), fleet("two", latency=0.1)]
+        firsts = Counter(
+            rank(states, NO_PREFERENCES, Strategy.BALANCED, seeded(s), fleet.load)[0].id for s in SEEDS
+        )
         assert set(firsts) == {"one", "two"}
         assert min(firsts.values()) > 50

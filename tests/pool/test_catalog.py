@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
-from router.pool.catalog import model_catalog
+from router.pool.capacity import Demand, LaneView, MemoryCapacity
+from router.pool.catalog import lane_detail, model_catalog, provider_detail
 from router.pool.limits import ProviderLimits
 from router.pool.providers import Exclusion, Pool, ProviderInfo, ProviderKind
+from tests.pool.support import W1, W2, take
 from tests.support import FakeClock
 
 BIG = 10**30  # beyond JSON's safe integers: prices travel as strings
@@ -35,8 +37,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def pool(clock: FakeClock) -> Pool:
-    pool = Pool(clock=clock)
+def capacity(clock: FakeClock) -> MemoryCapacity:
+    return MemoryCapacity(clock=clock)
+
+
+@pytest.fixture
+def pool(clock: FakeClock, capacity: MemoryCapacity) -> Pool:
+    pool = Pool(clock=clock, capacity=capacity, wallets=(W1, W2))
     pool.replace(
         ProviderKind.CHAIN,
         [
@@ -106,12 +113,25 @@ class TestSummary:
 
     def test_an_empty_pool_has_an_empty_catalog(self, clock: FakeClock) -> None:
         """No providers, no models."""
-        assert model_catalog(Pool(clock=clock), clock.now) == []
+        assert model_catalog(Pool(clock=clock, capacity=MemoryCapacity(clock=clock)), clock.now) == []
+
+
+FRESH_STATIC_LANE = {
+    "wallet": None,
+    "in_flight": 0,
+    "max_concurrent": 5,
+    "requests_left": 4.0,
+    "tokens_left": None,
+    "images_left": None,
+    "blocked_for": 0.0,
+    "excluded": None,
+}
 
 
 class TestProviderDetails:
     def test_static_detail_of_a_fresh_provider(self, pool: Pool, clock: FakeClock) -> None:
-        """Kind, prices, limits, a closed breaker with no timings yet, nothing in flight, not excluded."""
+        """Kind, prices, limits, a closed breaker with no timings yet, nothing in flight, not excluded, and
+        its one lane with a full bucket (burst 5 less the one we keep)."""
         item = entry(model_catalog(pool, clock.now), "Qwen-7B")
         assert detail(item, "openai") == {
             "id": "openai",
@@ -119,27 +139,72 @@ class TestProviderDetails:
             "service_type": "chatbot",
             "pricing": {"prompt": "5", "completion": "5"},
             "verifiability": "",
-            "limits": {"requests_per_minute": 30, "burst": 5, "max_concurrent": 5},
+            "limits": {
+                "requests_per_minute": 30,
+                "burst": 5,
+                "max_concurrent": 5,
+                "tokens_per_minute": None,
+                "images_per_minute": None,
+            },
             "health": {"breaker": "closed", "latency_ms": None, "ttft_ms": None, "error_rate": 0.0},
             "in_flight": 0,
             "excluded": None,
+            "lanes": [FRESH_STATIC_LANE],
         }
 
-    def test_detail_shows_live_health_slots_and_exclusion(self, pool: Pool, clock: FakeClock) -> None:
-        """The breaker state string, timings in ms, in-flight count and the exclusion's reason."""
+    def test_detail_shows_live_health_lanes_and_exclusion(
+        self, pool: Pool, capacity: MemoryCapacity, clock: FakeClock
+    ) -> None:
+        """The breaker state string, timings in ms, the exclusion's reason, and per lane what is in flight
+        (summed for the provider), what is left and what is blocked."""
         b = pool.get("0xb")
         assert b is not None
+        one, two = b.lanes
         b.health.record_success(latency=0.1234, ttft=0.0456)
         b.health.cool_down(5.0)
-        b.gate.in_flight = 2
+        take(capacity, one)
+        take(capacity, one)
+        take(capacity, two)
+        capacity.back_off(two, clock.now + 1.5)
         b.exclude(Exclusion.MISCONFIGURED, clock.now + 1.0)
         found = detail(entry(model_catalog(pool, clock.now), "llama-8b"), "0xb")
         assert found["kind"] == "chain"
-        assert found["limits"] == {"requests_per_minute": 60, "burst": 4, "max_concurrent": 2}
+        assert found["limits"] == {
+            "requests_per_minute": 60,
+            "burst": 4,
+            "max_concurrent": 2,
+            "tokens_per_minute": None,
+            "images_per_minute": None,
+        }
         assert found["health"]["breaker"] == "open"
         assert found["health"]["latency_ms"] == pytest.approx(123.4)
         assert found["health"]["ttft_ms"] == pytest.approx(45.6)
-        assert (found["in_flight"], found["excluded"]) == (2, "misconfigured")
+        assert (found["in_flight"], found["excluded"]) == (3, "misconfigured")
+        assert [(lane["wallet"], lane["in_flight"], lane["requests_left"]) for lane in found["lanes"]] == [
+            (W1, 2, 1.0),
+            (W2, 1, 2.0),
+        ]
+        assert [lane["blocked_for"] for lane in found["lanes"]] == [0.0, 1.5]
+        assert [lane["excluded"] for lane in found["lanes"]] == ["misconfigured"] * 2
+
+    def test_a_lane_exclusion_shows_on_that_lane_only(self, pool: Pool, clock: FakeClock) -> None:
+        """One wallet unfunded at a provider: its lane says so; the provider and the other lane do not."""
+        b = pool.get("0xb")
+        assert b is not None
+        b.lanes[1].exclude(Exclusion.UNFUNDED, clock.now + 60)
+        found = detail(entry(model_catalog(pool, clock.now), "llama-8b"), "0xb")
+        assert found["excluded"] is None
+        assert [lane["excluded"] for lane in found["lanes"]] == [None, "unfunded"]
+
+    def test_a_hold_off_blocks_every_lane_of_the_provider(
+        self, pool: Pool, capacity: MemoryCapacity, clock: FakeClock
+    ) -> None:
+        """A global-cap 503 shows as blocked time on each of the provider's lanes."""
+        capacity.hold_off("0xb", clock.now + 2.25)
+        b = pool.get("0xb")
+        assert b is not None
+        lanes = provider_detail(b, clock.now, capacity)["lanes"]
+        assert [lane["blocked_for"] for lane in lanes] == [2.25, 2.25]
 
     def test_half_open_breaker_is_reported_by_its_value(self, pool: Pool, clock: FakeClock) -> None:
         """After the cooldown the breaker reads ``half_open``; the exclusion has lapsed."""
@@ -150,3 +215,44 @@ class TestProviderDetails:
         clock.now += 5.0
         found = detail(entry(model_catalog(pool, clock.now), "llama-8b"), "0xb")
         assert (found["health"]["breaker"], found["excluded"]) == ("half_open", None)
+
+
+class TestLaneDetail:
+    def test_token_and_image_levels_are_rounded(self, clock: FakeClock) -> None:
+        """Tokens to whole numbers, images and requests to two places, the block to milliseconds."""
+        pool = Pool(clock=clock, capacity=MemoryCapacity(clock=clock))
+        view = LaneView(
+            in_flight=1,
+            max_concurrent=3,
+            requests=2.345,
+            request_capacity=4,
+            tokens=-120.6,
+            images=0.456,
+            blocked_for=1.23456,
+        )
+        pool.replace(ProviderKind.STATIC, [info("up", ("m",), (1, 1), kind=ProviderKind.STATIC)])
+        state = pool.get("up")
+        assert state is not None
+        assert lane_detail(state.lanes[0], view, clock.now) == {
+            "wallet": None,
+            "in_flight": 1,
+            "max_concurrent": 3,
+            "requests_left": 2.35,
+            "tokens_left": -121,
+            "images_left": 0.46,
+            "blocked_for": 1.235,
+            "excluded": None,
+        }
+
+    def test_a_token_budget_shows_what_is_left_of_it(self, clock: FakeClock) -> None:
+        """A provider that counts tokens shows its TPM in the limits and the level on each lane."""
+        capacity = MemoryCapacity(clock=clock)
+        pool = Pool(clock=clock, capacity=capacity, wallets=(W1,))
+        limits = ProviderLimits(tokens_per_minute=60_000)
+        pool.replace(ProviderKind.CHAIN, [info("0xt", ("m",), (1, 1), limits=limits)])
+        state = pool.get("0xt")
+        assert state is not None
+        take(capacity, *state.lanes, demand=Demand(tokens=2500))
+        found = provider_detail(state, clock.now, capacity)
+        assert found["limits"]["tokens_per_minute"] == 60_000
+        assert [lane["tokens_left"] for lane in found["lanes"]] == [7500]

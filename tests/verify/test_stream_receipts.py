@@ -11,27 +11,27 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
 
+from router.attempt import Attempt, Outcomes, Run
 from router.client import Router
-from router.config import DiscoveryOptions, GatewayConfig, MoneyOptions, RouterConfig
+from router.config import DiscoveryOptions, DispatchOptions, GatewayConfig, MoneyOptions, RouterConfig
 from router.devnet import Devnet, DevnetProvider
 from router.devnet.simulator.faults import Faults
 from router.errors import ProviderUnreachable
-from router.observability.events import Verified
-from router.policy.select import parse_preferences
+from router.observability.events import RequestFinished, Verified
 from router.pool.accounting import Hold
+from router.pool.capacity import NO_DEMAND, MemoryCapacity
 from router.pool.health import Health
-from router.pool.limits import Gate
-from router.pool.pricing import Charge
 from router.pool.providers import Exclusion, ProviderInfo, ProviderKind, ProviderState
 from router.pool.trust import Outcome, TrustState
-from router.replies import Endpoint, Slot, StreamReply, verdict_comment
+from router.replies import StreamReply, verdict_comment
+from router.request import Call, Endpoint, Request, parse_json
 from router.server.app import Gateway
 from router.transport.http import TransportOptions
 from router.transport.sse import DONE, usage_of
@@ -67,11 +67,14 @@ class FakeUpstream:
 
 
 class FakeAdmission:
-    def __init__(self) -> None:
-        self.released: list[str] = []
+    """Hears the lane capacity's releases (``Capacity.on_change``), by provider."""
 
-    def release(self, state: ProviderState) -> None:
-        self.released.append(state.id)
+    def __init__(self, state: ProviderState) -> None:
+        self.released: list[str] = []
+        self._state = state
+
+    def on_change(self) -> None:
+        self.released.append(self._state.id)
 
 
 @dataclass
@@ -120,10 +123,36 @@ def scripted(
         verifiability="TeeML",
         tee_signer="0x" + "22" * 20,
     )
-    state = ProviderState(info, Health(), Gate(info.limits))
-    admission, upstream = FakeAdmission(), FakeUpstream()
-    slot = Slot(admission, state, Hold(None, None, 0))  # type: ignore[arg-type]
+    state = ProviderState(info, Health(), (None,))
+    admission, upstream = FakeAdmission(state), FakeUpstream()
+    clock = asyncio.get_running_loop().time
+    capacity = MemoryCapacity(clock=clock)
+    capacity.configure(state.lanes[0], info.limits)
+    lease = capacity.try_acquire(state.lanes, NO_DEMAND, clock())
+    assert lease is not None
+    capacity.on_change = admission.on_change
     holder: list[Scripted] = []
+
+    def emit(event: object) -> None:
+        if isinstance(event, RequestFinished):
+            holder[0].finished.append((event.status, event.error))
+
+    outcomes = Outcomes(
+        capacity,
+        DispatchOptions(),
+        emit,
+        clock,
+        on_unfunded=lambda _: None,
+        on_misconfigured=lambda _: None,
+    )
+    request = parse_json(
+        Endpoint.CHAT, b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', {}
+    )
+    call = Call(request, "rid", clock() + 60, request.prefs)
+    run = Run(call, outcomes, lambda _call, _state: None)
+    run.attempts = 1
+    attempt = Attempt(run, lease, Hold(None, None, 0))
+    attempt.send()
 
     def verify(parts: Sequence[bytes]) -> asyncio.Future[Finding]:
         holder[0].verified.append(list(parts))
@@ -136,20 +165,12 @@ def scripted(
         holder[0].waited.append(future)
         return await future
 
-    def finish(status: int, charge: Charge, error: str | None) -> None:
-        holder[0].finished.append((status, error))
-
     reply = StreamReply(
-        state,
-        slot,
+        attempt,
         upstream,  # type: ignore[arg-type]
         upstream_events(upstream, events[1:], then_break=then_break),
         events[0],
-        attempts=1,
         ttft=0.1,
-        finish=finish,
-        emit_broken=lambda _: None,
-        elapsed=lambda: 0.2,
         verify=verify if finding is not None else None,
         wait=wait_for if wait else None,
     )
@@ -304,10 +325,11 @@ class Opened:
 
     async def stream(self, index: int, *, verify_sync: bool) -> tuple[StreamReply, list[bytes]]:
         """One streamed chat pinned to provider ``index``, read to the end."""
-        prefs = parse_preferences(None, {"X-ZG-Provider": self.provider(index).address})
-        call = self.router.new_call(
-            Endpoint.CHAT, model=MODEL, body=BODY.encode(), stream=True, prefs=prefs, verify_sync=verify_sync
-        )
+        headers = {
+            "X-ZG-Provider": self.provider(index).address,
+            "x-zg-verify": "sync" if verify_sync else "async",
+        }
+        call = self.router.new_call(parse_json(Endpoint.CHAT, BODY.encode(), headers))
         async with asyncio.timeout(30):
             reply = await self.router.dispatch(call)
             assert isinstance(reply, StreamReply)
@@ -484,8 +506,8 @@ class TestLibraryStream:
         comments: list[bytes] = []
         original_events = StreamReply.events
 
-        def waiting(*args: Any, **kwargs: Any) -> Any:
-            return new_call(*args, **{**kwargs, "verify_sync": True})
+        def waiting(request: Request, **kwargs: Any) -> Any:
+            return new_call(replace(request, verify_sync=True), **kwargs)
 
         def spied(reply: StreamReply) -> Any:
             async def events() -> AsyncIterator[bytes]:

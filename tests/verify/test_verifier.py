@@ -14,7 +14,6 @@ from router.devnet import Devnet
 from router.devnet.simulator.faults import Faults
 from router.errors import ConfigError
 from router.pool.health import Health
-from router.pool.limits import Gate
 from router.pool.providers import Exclusion, ProviderInfo, ProviderKind, ProviderState
 from router.pool.trust import Outcome, TrustState
 from router.transport.http import HttpTransport, TransportOptions
@@ -50,13 +49,13 @@ def provider_state(client: Client) -> ProviderState:
         verifiability="TeeML",
         tee_signer=provider.tee_signer.address,
     )
-    return ProviderState(info, Health(), Gate(info.limits))
+    return ProviderState(info, Health(), (None,))
 
 
 def tee_state(base_url: str = "u", *, signer: str | None = "0xsigner") -> ProviderState:
     """A chain provider state made by hand, signing with ``signer``."""
     info = ProviderInfo("0xa", ProviderKind.CHAIN, base_url, "p", "chatbot", ("m",), tee_signer=signer)
-    return ProviderState(info, Health(), Gate(info.limits))
+    return ProviderState(info, Health(), (None,))
 
 
 @dataclass
@@ -150,7 +149,7 @@ async def test_which_responses_are_checked() -> None:
     tee = tee_state()
     unsigned = tee_state(signer=None)
     static = ProviderState(
-        ProviderInfo("up", ProviderKind.STATIC, "u", "p", "chatbot", ("m",)), Health(), Gate(tee.info.limits)
+        ProviderInfo("up", ProviderKind.STATIC, "u", "p", "chatbot", ("m",)), Health(), (None,)
     )
     log = EventLog()
 

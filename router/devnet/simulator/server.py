@@ -1,15 +1,18 @@
 """One simulated provider broker: an aiohttp server on 127.0.0.1 speaking the real provider protocol.
 
-Checks run in the broker's order with its statuses and bodies (protocol.md §4.2): global concurrency (503),
-body size (413), session token (400), per-wallet RPM then concurrency (429), model (400), account and
-balance (400). Responses carry ``ZG-Res-Key``, ``Provider`` and ``x-ratelimit-*``; each is signed with the
-TEE key over ``sha256(request as forwarded):sha256(response bytes)`` and served by ``signature/{id}``.
+Checks run in the broker's order with its statuses and bodies (protocol.md §4.2): the provider-wide caps
+(global concurrency, RPM, TPM: 503 with ``Retry-After``), body size (413), session token (400), per-wallet
+RPM, TPM or IPM, concurrency and KV budget (429; ``limits.py``), model (400), account and balance (400).
+Responses carry ``ZG-Res-Key``, ``Provider`` and ``x-ratelimit-*``; each is signed with the TEE key over
+``sha256(request as forwarded):sha256(response bytes)`` and served by ``signature/{id}``. An admin port
+serves fault knobs, limits (both settable at runtime) and counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import functools
 import hashlib
@@ -17,8 +20,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,7 +35,14 @@ from router.devnet.simulator import payloads, synth
 from router.devnet.simulator.auth import SessionRejected, SessionValidator
 from router.devnet.simulator.billing import Billing, BillingRefused
 from router.devnet.simulator.faults import ERROR_BODIES, FaultPlan, Faults
-from router.devnet.simulator.limits import LimitExceeded, WalletLimits
+from router.devnet.simulator.limits import (
+    GlobalLimits,
+    LimitExceeded,
+    ProviderBusy,
+    RateLimits,
+    Usage,
+    WalletLimits,
+)
 from router.devnet.simulator.payloads import Payload
 from router.devnet.simulator.spec import ProviderSpec
 from router.errors import ChainError, ConfigError
@@ -43,9 +53,11 @@ SIGNATURE_TTL = 20 * 60.0
 _MAX_SIGNATURES = 100_000
 _SHUTDOWN_TIMEOUT = 0.5
 _VALIDATION_CONTEXT = "Provider proxy: handle proxied service, validate request: "
-_BUSY = {"error": "Server is currently processing too many requests. Please try again later."}
+# What the admin limits route takes besides RateLimits fields: the ProviderSpec's provider-wide caps.
+_GLOBAL_CAPS = ("max_global_concurrent", "global_requests_per_minute", "global_tokens_per_minute")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BilledHandler = Callable[[web.Request, Usage], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True)
@@ -58,6 +70,7 @@ class _Call:
     user: str
     rate_headers: dict[str, str]
     provider: str
+    usage: Usage
     chat_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     fault: str | None = None
     signing: str | None = None
@@ -78,7 +91,6 @@ class SimulatorStats:
 
     served: int = 0
     refused: dict[int, int] = field(default_factory=dict)
-    peak_global_in_flight: int = 0
     settlement_errors: int = 0
 
 
@@ -103,7 +115,18 @@ class ProviderSimulator:
         self._tee_signer = tee_signer
         self._port = port
         self.validator = SessionValidator(self.address, self._read_account)
-        self.limits = WalletLimits(spec.limits)
+        self.limits = WalletLimits(
+            spec.limits,
+            overrides=spec.overrides,
+            service_type=spec.service_type,
+            context_length=spec.context_length,
+        )
+        self.global_limits = GlobalLimits(
+            max_concurrent=spec.max_global_concurrent,
+            requests_per_minute=spec.global_requests_per_minute,
+            tokens_per_minute=spec.global_tokens_per_minute,
+            service_type=spec.service_type,
+        )
         self.billing = Billing(
             chain, tee_signer, input_price=spec.input_price, output_price=spec.output_price
         )
@@ -114,7 +137,6 @@ class ProviderSimulator:
         self._signatures: TTLCache[str, dict[str, str]] = TTLCache(
             maxsize=_MAX_SIGNATURES, ttl=SIGNATURE_TTL, timer=time.monotonic
         )
-        self._in_flight = 0
         self._settle_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -152,6 +174,8 @@ class ProviderSimulator:
         admin.router.add_get("/admin/faults", self._get_faults)
         admin.router.add_post("/admin/faults", self._set_faults)
         admin.router.add_get("/admin/stats", self._get_stats)
+        admin.router.add_get("/admin/limits", self._get_limits)
+        admin.router.add_post("/admin/limits", self._set_limits)
         self._admin = web.AppRunner(admin, access_log=None)
         await self._admin.setup()
         await web.TCPSite(self._admin, "127.0.0.1", 0).start()
@@ -194,6 +218,30 @@ class ProviderSimulator:
             self._site = web.TCPSite(self._runner, "127.0.0.1", self._port)
             await self._site.start()
 
+    def set_limits(self, changes: Mapping[str, Any]) -> ProviderSpec:
+        """Apply new limits now: any RateLimits field (for every wallet without an override) and the
+        provider-wide caps ``max_global_concurrent``, ``global_requests_per_minute`` and
+        ``global_tokens_per_minute``; raises ConfigError on unknown names or bad values. Buckets keep their
+        levels. Returns the new spec (``/v1/models`` advertises it)."""
+        known = [*RateLimits().as_dict(), *_GLOBAL_CAPS]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown limits: {', '.join(unknown)}; known: {', '.join(known)}")
+        caps = {name: changes[name] for name in _GLOBAL_CAPS if name in changes}
+        for name, value in caps.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} takes a whole number")
+        limits = self.spec.limits.updated({k: v for k, v in changes.items() if k not in _GLOBAL_CAPS})
+        spec = replace(self.spec, limits=limits, **caps)
+        self.spec = spec
+        self.limits.reconfigure(spec.limits)
+        self.global_limits.reconfigure(
+            max_concurrent=spec.max_global_concurrent,
+            requests_per_minute=spec.global_requests_per_minute,
+            tokens_per_minute=spec.global_tokens_per_minute,
+        )
+        return spec
+
     async def settle_now(self) -> dict[str, SettlementStatus]:
         """Run one settlement cycle now (tests do this instead of waiting for the cadence)."""
         async with self._settle_lock:
@@ -213,36 +261,42 @@ class ProviderSimulator:
 
     # -- billed routes ---------------------------------------------------------------------------
 
-    def _guarded(self, handler: Handler) -> Handler:
-        """The checks before any billed route: global concurrency first, then the body size."""
+    def _guarded(self, handler: BilledHandler) -> Handler:
+        """The checks before any billed route: the provider-wide caps first, then the body size."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if self._in_flight >= self.spec.max_global_concurrent:
-                return self._refuse(503, _BUSY)
-            self._in_flight += 1
-            self.stats.peak_global_in_flight = max(self.stats.peak_global_in_flight, self._in_flight)
             try:
-                return await handler(request)
-            except web.HTTPRequestEntityTooLarge:
-                return self._refuse(
-                    413, {"error": "Request body size exceeds the maximum allowed size of 32MB"}
-                )
-            finally:
-                self._in_flight -= 1
+                with self.global_limits.enter() as usage:
+                    try:
+                        return await handler(request, usage)
+                    except web.HTTPRequestEntityTooLarge:
+                        return self._refuse(
+                            413, {"error": "Request body size exceeds the maximum allowed size of 32MB"}
+                        )
+            except ProviderBusy as exc:
+                # Refused before the token is checked: counted for the wallet the token names.
+                claimed = _claimed_wallet(request.headers.get("Authorization"))
+                if claimed is not None:
+                    self.limits.count_rejection(claimed, exc.kind)
+                return self._refuse(503, exc.body, {"Retry-After": str(exc.retry_after)})
 
         return guarded
 
-    async def _billed(self, request: web.Request, parse: Parser, produce: Producer) -> web.StreamResponse:
+    async def _billed(
+        self, request: web.Request, usage: Usage, parse: Parser, produce: Producer
+    ) -> web.StreamResponse:
         """The broker's checks for every billed route, then the route's producer."""
         body = await request.read()
         try:
             user = await self.validator.validate(request.headers.get("Authorization"))
         except SessionRejected as exc:
             return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
+        # Parsed before the limits only to weigh it for the KV budget; a bad body is refused after them.
+        payload = parse(body, request.headers.get("Content-Type", ""))
+        kv_tokens = _in_flight_tokens(payload) if self.limits.limits_for(user).kv_token_budget else 1
         rate_headers = self.limits.headers(user)
         try:
-            with self.limits.admit(user):
-                payload = parse(body, request.headers.get("Content-Type", ""))
+            with self.limits.admit(user, usage, kv_tokens=kv_tokens):
                 if isinstance(payload, str):
                     return self._refuse(400, {"error": payload})
                 model = payload.get("model") or self.spec.model
@@ -253,7 +307,7 @@ class ProviderSimulator:
                     await self.billing.check(user)
                 except BillingRefused as exc:
                     return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
-                call = _Call(request, body, payload, user, rate_headers, self.address)
+                call = _Call(request, body, payload, user, rate_headers, self.address, usage)
                 return await self._faulty(request, produce, call)
         except LimitExceeded as exc:
             return self._refuse(429, exc.body, rate_headers)
@@ -274,6 +328,7 @@ class ProviderSimulator:
             storm = {"error": {"type": "rate_limit_error", "message": "Rate limit exceeded."}}
             return self._refuse(429, storm, call.rate_headers)
         self.stats.served += 1
+        call.usage.served = True
         return await produce(call)
 
     async def _produce_chat(self, call: _Call) -> web.StreamResponse:
@@ -286,8 +341,10 @@ class ProviderSimulator:
             prepared["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
         forwarded = call.body if prepared == payload else json.dumps(prepared).encode()
         completion = synth.complete(prepared)
-        # Billed up front: the broker bills what was generated even if the client goes away.
+        # Billed up front: the broker bills what was generated even if the client goes away. The TPM
+        # buckets are debited the same total when the request leaves (a stream: when it ends).
         self.billing.charge(call.user, completion.prompt_tokens, completion.completion_tokens)
+        call.usage.tokens += completion.prompt_tokens + completion.completion_tokens
         chat_id, fault = call.chat_id, call.fault
         if payload.get("stream"):
             events = synth.stream_events(completion, chat_id=chat_id, model=self.spec.model)
@@ -313,6 +370,7 @@ class ProviderSimulator:
     async def _produce_embeddings(self, call: _Call) -> web.StreamResponse:
         body, tokens = synth.embedding_body(call.payload, model=self.spec.model)
         self.billing.charge(call.user, tokens, 0)
+        call.usage.tokens += tokens
         out = json.dumps(body).encode()
         self._sign(call, _sha256(call.body), out)
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
@@ -321,6 +379,7 @@ class ProviderSimulator:
         pictures = synth.images(call.payload)
         # Billed per image at the output price (protocol.md §4.5).
         self.billing.charge(call.user, 0, len(pictures))
+        call.usage.images += len(pictures)
         data = [{"b64_json": base64.b64encode(p).decode()} for p in pictures]
         out = json.dumps({"created": int(time.time()), "data": data}).encode()
         # Image signatures cover each image, not the JSON around them (protocol.md §5.3).
@@ -331,6 +390,7 @@ class ProviderSimulator:
     async def _produce_transcription(self, call: _Call) -> web.StreamResponse:
         text = synth.transcription_text(call.payload["file"])
         self.billing.charge(call.user, 0, len(text.split()))
+        call.usage.tokens += len(text.split())
         out = json.dumps({"text": text}).encode()
         self._sign(call, _sha256(call.body), out)
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
@@ -386,19 +446,26 @@ class ProviderSimulator:
 
     async def _models(self, request: web.Request) -> web.Response:
         cfg = self.spec
+        # The route has no auth: it advertises the defaults, never a wallet's override.
+        limits = cfg.limits
         model = {
             "id": cfg.model,
             "object": "model",
             "type": cfg.service_type,
+            "context_length": cfg.context_length,
             "pricing": {"prompt": str(cfg.input_price), "completion": str(cfg.output_price)},
             "verifiability": cfg.verifiability,
             "tee_attested": True,
             "rate_limits": {
-                "requests_per_minute": cfg.limits.requests_per_minute,
-                "burst": cfg.limits.burst,
-                "max_concurrent_requests": cfg.limits.max_concurrent,
-                "tokens_per_minute": 0,
-                "images_per_minute": 0,
+                "requests_per_minute": limits.requests_per_minute,
+                "burst": limits.burst,
+                "max_concurrent_requests": limits.max_concurrent,
+                "tokens_per_minute": limits.tokens_per_minute,
+                "tokens_burst": (
+                    limits.token_bucket_size(cfg.context_length) if limits.tokens_per_minute else 0
+                ),
+                "images_per_minute": limits.images_per_minute,
+                "images_burst": limits.image_bucket_size() if limits.images_per_minute else 0,
             },
         }
         return web.json_response({"object": "list", "data": [model]})
@@ -433,17 +500,39 @@ class ProviderSimulator:
         return web.json_response(faults.as_dict())
 
     async def _get_stats(self, request: web.Request) -> web.Response:
-        stats = self.stats
+        stats, provider_wide = self.stats, self.global_limits
         return web.json_response(
             {
                 "served": stats.served,
                 "refused": {str(k): v for k, v in stats.refused.items()},
-                "in_flight": self._in_flight,
-                "peak_global_in_flight": stats.peak_global_in_flight,
+                "in_flight": provider_wide.in_flight,
+                "peak_global_in_flight": provider_wide.peak_in_flight,
+                "global_rejections": dict(provider_wide.rejections),
                 "peak_in_flight_per_wallet": self.limits.peak_in_flight,
+                "wallets": {user: c.as_dict() for user, c in self.limits.counters().items()},
                 "settlement_errors": stats.settlement_errors,
             }
         )
+
+    async def _get_limits(self, request: web.Request) -> web.Response:
+        return web.json_response(self._limits_view())
+
+    async def _set_limits(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict):
+            return web.json_response({"error": "the body must be a JSON object of limit values"}, status=400)
+        try:
+            self.set_limits(changes)
+        except ConfigError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(self._limits_view())
+
+    def _limits_view(self) -> dict[str, Any]:
+        """The limits in force, flat: what ``POST /admin/limits`` takes."""
+        return {**self.spec.limits.as_dict(), **{name: getattr(self.spec, name) for name in _GLOBAL_CAPS}}
 
     async def _unsupported(self, request: web.Request) -> web.Response:
         return self._refuse(400, {"error": "endpoint not supported"})
@@ -457,6 +546,33 @@ class ProviderSimulator:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _in_flight_tokens(payload: Payload | str) -> int:
+    """What a request holds of its wallet's KV budget: its prompt tokens plus the most it may generate
+    (the simulator generates exactly its ``max_tokens``, or the default)."""
+    if isinstance(payload, str):
+        return 1
+    if isinstance(payload.get("messages"), list):
+        if synth.rejection(payload) is not None:
+            return 1
+        completion = synth.complete(payload)
+        return completion.prompt_tokens + completion.completion_tokens
+    if isinstance(payload.get("input"), list):
+        return sum(max(1, len(str(text).split())) for text in payload["input"])
+    return 1
+
+
+def _claimed_wallet(authorization: str | None) -> str | None:
+    """The address a session token names, unverified: only to count a refusal made before the token is
+    checked (a provider-wide 503) against the wallet that sent it."""
+    encoded = (authorization or "").removeprefix("Bearer app-sk-")
+    try:
+        raw = base64.b64decode(encoded, validate=True).decode().partition("|")[0]
+        address = json.loads(raw)["address"]
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return address.lower() if isinstance(address, str) else None
 
 
 # The key a `sign_wrong_key` provider signs with: not its registered TEE signer.
