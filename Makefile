@@ -37,8 +37,16 @@ lint: setup
 test: lint tools
 	$(BIN)/pytest
 
+# One provider of each kind, its model named for what it does, so that every route of the gateway answers.
+DEMO_PROVIDERS := --providers 5 \
+	--service-type chatbot --model demo-chat \
+	--service-type embedding --model demo-embedding \
+	--service-type text-to-image --model demo-text-to-image \
+	--service-type image-editing --model demo-image-editing \
+	--service-type speech-to-text --model demo-speech-to-text
+
 demo: setup
-	$(BIN)/zg-router devnet --serve --gateway-port 8080
+	$(BIN)/zg-router devnet --serve --gateway-port 8080 $(DEMO_PROVIDERS)
 
 bench: setup
 	$(BIN)/python bench/bench.py

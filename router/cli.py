@@ -18,6 +18,9 @@ from router.errors import RouterError
 DEFAULT_DEVNET_PROVIDERS = 3
 MAX_DEVNET_PROVIDERS = 50
 MAX_DEVNET_WALLETS = 10
+# What a simulated provider can be: router.devnet.simulator.spec.SERVICE_TYPES, spelled out here because
+# importing it loads the devnet (web3); a test keeps the two the same.
+DEVNET_SERVICE_TYPES = ("chatbot", "embedding", "text-to-image", "image-editing", "speech-to-text")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
         dest="models",
         metavar="NAME",
         help="model id; repeat to give providers different models (cycled). Default: devnet-model",
+    )
+    devnet.add_argument(
+        "--service-type",
+        action="append",
+        dest="service_types",
+        choices=DEVNET_SERVICE_TYPES,
+        metavar="TYPE",
+        help="what a provider serves: " + ", ".join(DEVNET_SERVICE_TYPES) + "; repeat to vary it across "
+        "providers (cycled, as --model is). Default: chatbot",
     )
     devnet.add_argument(
         "--input-price",

@@ -330,6 +330,8 @@ class Router:
         prefs = request.prefs
         if self.config.verify.verified_only and not prefs.verified_only:
             prefs = dataclasses.replace(prefs, verified_only=True)
+        if self.config.verify.require_attestation and prefs.verified_only:
+            prefs = dataclasses.replace(prefs, require_attestation=True)
         return Call(request, request_id or uuid.uuid4().hex, self.now() + budget, prefs)
 
     async def dispatch(self, call: Call) -> Reply | StreamReply:

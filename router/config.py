@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -35,9 +36,11 @@ DEFAULT_PORT = 8080
 DEFAULT_METRICS_PORT = 9464
 # The broker's own body cap (protocol.md §4.2): anything larger would be refused there anyway.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-SERVICE_TYPES = ("chatbot", "embedding", "text-to-image", "speech-to-text")
+SERVICE_TYPES = ("chatbot", "embedding", "text-to-image", "speech-to-text", "image-editing")
 # Each wallet is a metrics label value and a set of background tasks: keep both bounded.
 _T = TypeVar("_T")
+# An origin as browsers send it in `Origin`: http(s), a host, perhaps a port; lowercase, nothing after.
+_ORIGIN = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +326,10 @@ class GatewayConfig:
     rest of a body the gateway does not read gets as long). A declared body over ``max_body_bytes`` is
     refused (413) before it is sent. Each listening port holds at most ``max_connections`` connections;
     the next ones get a 503 and are closed at once.
+
+    Browser apps: ``cors_origins`` (exact origins such as ``https://app.example``, or ``"*"`` for any)
+    may call the API from a web page; other origins get no CORS headers, so browsers refuse them. Empty,
+    the default, serves no browser (tools and servers are not affected either way).
     """
 
     host: str = "127.0.0.1"
@@ -340,6 +347,7 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     metrics_on_api_port: bool = False
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.allow_anonymous:
@@ -377,6 +385,12 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be at least 1, got {self.max_connections}")
+        for origin in self.cors_origins:
+            if not isinstance(origin, str) or not (origin == "*" or _ORIGIN.fullmatch(origin)):
+                raise ConfigError(
+                    f"cors_origins: {origin!r} is not an origin as browsers send it: give "
+                    'scheme://host[:port] in lowercase, with no path or trailing slash, or "*" for any'
+                )
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -452,6 +466,9 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         gateway_data["metrics_host"] = env["ZG_ROUTER_METRICS_HOST"]
     if "ZG_ROUTER_METRICS_PORT" in env:
         gateway_data["metrics_port"] = _int(env["ZG_ROUTER_METRICS_PORT"], "ZG_ROUTER_METRICS_PORT")
+    if "ZG_ROUTER_CORS_ORIGINS" in env:
+        origins = env["ZG_ROUTER_CORS_ORIGINS"].split(",")
+        gateway_data["cors_origins"] = [o.strip() for o in origins if o.strip()]
     return router, _section(GatewayConfig, gateway_data, "gateway")
 
 
@@ -518,7 +535,7 @@ def _section(cls: type[_T], raw: object, name: str) -> _T:
         except InvalidRequest as exc:
             raise ConfigError(f"[dispatch] strategy: {exc.message}") from None
     if cls is GatewayConfig:
-        for keys in ("api_keys", "admin_keys"):
+        for keys in ("api_keys", "admin_keys", "cors_origins"):
             if keys in table:
                 table[keys] = tuple(_list(table[keys], f"gateway.{keys}"))
     try:

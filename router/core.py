@@ -15,14 +15,15 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from router.client import Router
 from router.errors import InvalidRequest, RequestFailed, Unauthorized, UpstreamRejected, clipped
+from router.pool.catalog import model_entry, provider_catalog
 from router.replies import Reply, StreamReply
-from router.request import Endpoint, parse_json, parse_multipart
+from router.request import Endpoint, parse_body
 from router.wire import bearer_matches
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -33,12 +34,25 @@ _STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _HEALTHY = json.dumps({"status": "ok"}).encode()
+# The routes served over the pool: each parsed, dispatched and answered with our receipts.
+_ENDPOINTS = (
+    Endpoint.CHAT,
+    Endpoint.EMBEDDINGS,
+    Endpoint.IMAGES,
+    Endpoint.IMAGE_EDITS,
+    Endpoint.TRANSCRIPTIONS,
+)
+_MODELS = "/v1/models/"
+# `GET /v1/providers`' filters; a service type is one of a route's.
+_PROVIDER_FILTERS = ("model", "service_type")
+_SERVICE_TYPES = tuple(dict.fromkeys(e.service_type for e in Endpoint))
 _log = structlog.get_logger("router.gateway")
 
 
 class Request(Protocol):
-    """What the core reads of a request. ``headers`` look up names case-insensitively (as aiohttp's and
-    httpx's do); ``read`` returns the whole body, or raises ``RequestFailed`` (a 413 past the face's
+    """What the core reads of a request. ``path`` is percent-decoded and without the query, whose
+    parameters are ``query`` (decoded too); ``headers`` look up names case-insensitively (as aiohttp's
+    and httpx's do); ``read`` returns the whole body, or raises ``RequestFailed`` (a 413 past the face's
     limit)."""
 
     @property
@@ -46,6 +60,9 @@ class Request(Protocol):
 
     @property
     def path(self) -> str: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
 
     @property
     def headers(self) -> Mapping[str, str]: ...
@@ -81,10 +98,11 @@ _Inner = Callable[[Request, str], Awaitable[Response]]
 
 
 class Core:
-    """Every route of the gateway's OpenAI API over ``router``: ``routes[path][method]`` for a face that
-    routes itself, ``handle`` for one that does not. ``api_keys`` empty means no gateway key is asked
-    for. ``face_paths`` and ``face_prefixes`` are routes the face serves itself (admin, metrics): a wrong
-    method on them is a 405 here, as on ours."""
+    """Every route of the gateway's OpenAI API over ``router``: ``routes[path][method]`` and
+    ``prefix_routes[prefix][method]`` (every path under the prefix: ``/v1/models/{id}``, whose ids may
+    hold ``/``) for a face that routes itself, ``handle`` for one that does not. ``api_keys`` empty means
+    no gateway key is asked for. ``face_paths`` and ``face_prefixes`` are routes the face serves itself
+    (admin, metrics): a wrong method on them is a 405 here, as on ours."""
 
     def __init__(
         self,
@@ -98,19 +116,28 @@ class Core:
         self._keys = tuple(key.encode() for key in api_keys)
         guarded = self._guarded
         self.routes: dict[str, dict[str, Handler]] = {
-            f"/v1{e.path}": {"POST": guarded(self._json_endpoint(e))}
-            for e in (Endpoint.CHAT, Endpoint.EMBEDDINGS, Endpoint.IMAGES)
+            f"/v1{e.path}": {"POST": guarded(self._endpoint(e))} for e in _ENDPOINTS
         }
-        self.routes["/v1/audio/transcriptions"] = {"POST": guarded(self._transcription)}
+        # Here, not at module level: router.anthropic.route builds its replies with this module's.
+        from router.anthropic.route import MessagesRoute
+
+        # Anthropic's Messages API: its own key header (x-api-key) and errors in Anthropic's shape.
+        self.routes["/v1/messages"] = {"POST": MessagesRoute(router, self._keys)}
         self.routes["/v1/models"] = {"GET": guarded(self._models)}
+        self.routes["/v1/providers"] = {"GET": guarded(self._providers)}
         self.routes["/healthz"] = {"GET": self._healthz}
         self.routes["/readyz"] = {"GET": self._readyz}
+        self.prefix_routes: dict[str, dict[str, Handler]] = {_MODELS: {"GET": guarded(self._model)}}
         self.ours = frozenset(self.routes) | frozenset(face_paths)
-        self.prefixes = face_prefixes
+        self.prefixes = (*self.prefix_routes, *face_prefixes)
 
     async def handle(self, request: Request) -> Response:
         """The reply to ``request``, on any path and method (404 and 405 included)."""
-        methods = self.routes.get(request.path)
+        path = request.path
+        methods = self.routes.get(path)
+        if methods is None:
+            prefix = next((p for p in self.prefix_routes if path.startswith(p)), None)
+            methods = self.prefix_routes[prefix] if prefix is not None else None
         handler = methods.get(request.method) if methods is not None else None
         if handler is None:
             return self.not_found(request)
@@ -143,11 +170,11 @@ class Core:
 
         return guarded
 
-    def _json_endpoint(self, endpoint: Endpoint) -> _Inner:
+    def _endpoint(self, endpoint: Endpoint) -> _Inner:
         router = self._router
 
         async def serve(request: Request, rid: str) -> Response:
-            parsed = parse_json(endpoint, await request.read(), request.headers)
+            parsed = parse_body(endpoint, await request.read(), request.headers)
             call = router.new_call(parsed, request_id=rid)
             reply = await router.dispatch(call)
             if isinstance(reply, StreamReply):
@@ -158,16 +185,6 @@ class Core:
             return await self._whole(reply, rid, verify_sync=call.verify_sync)
 
         return serve
-
-    async def _transcription(self, request: Request, rid: str) -> Response:
-        router = self._router
-        parsed = parse_multipart(
-            await request.read(), request.headers.get("Content-Type", ""), request.headers
-        )
-        call = router.new_call(parsed, request_id=rid)
-        reply = await router.dispatch(call)
-        assert isinstance(reply, Reply)
-        return await self._whole(reply, rid, verify_sync=call.verify_sync)
 
     async def _whole(self, reply: Reply, rid: str, *, verify_sync: bool) -> Response:
         headers = receipt_headers(rid, reply.attempts, reply.provider, reply.res_key)
@@ -180,8 +197,29 @@ class Core:
         return Response(reply.status, headers, reply.body, request_id=rid)
 
     async def _models(self, request: Request, rid: str) -> Response:
-        body = json.dumps({"object": "list", "data": self._router.models()}).encode()
-        return Response(200, {"x-request-id": rid, "Content-Type": _JSON}, body, request_id=rid)
+        return _listed(self._router.models(), rid)
+
+    async def _model(self, request: Request, rid: str) -> Response:
+        """OpenAI's model retrieve: the object the list holds for this id."""
+        model = request.path.removeprefix(_MODELS)
+        router = self._router
+        entry = model_entry(router.pool, model, router.now())
+        if entry is None:
+            raise InvalidRequest(
+                f"model {clipped(model)} does not exist; GET /v1/models lists the models on offer",
+                status=404,
+                code="model_not_found",
+                param="model",
+            )
+        return Response(200, _json_headers(rid), json.dumps(entry).encode(), request_id=rid)
+
+    async def _providers(self, request: Request, rid: str) -> Response:
+        """Every provider (its prices, limits, health, trust and attestation), filtered by the query."""
+        model, service_type = _provider_filters(request.query)
+        router = self._router
+        return _listed(
+            provider_catalog(router.pool, router.now(), model=model, service_type=service_type), rid
+        )
 
     async def _healthz(self, request: Request) -> Response:
         return Response(200, {"Content-Type": _JSON}, _HEALTHY)
@@ -197,6 +235,37 @@ class Core:
             "available": available,
         }
         return Response(200 if available else 503, {"Content-Type": _JSON}, json.dumps(body).encode())
+
+
+def _listed(data: list[dict[str, Any]], rid: str) -> Response:
+    body = json.dumps({"object": "list", "data": data}).encode()
+    return Response(200, _json_headers(rid), body, request_id=rid)
+
+
+def _json_headers(rid: str) -> dict[str, str]:
+    return {"x-request-id": rid, "Content-Type": _JSON}
+
+
+def _provider_filters(query: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``GET /v1/providers``' ``model`` and ``service_type`` filters; anything else in the query is the
+    caller's mistake (a filter misspelt would list every provider as if it matched)."""
+    unknown = [name for name in query if name not in _PROVIDER_FILTERS]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter {clipped(unknown[0])} on /v1/providers; "
+            f"the filters are {', '.join(_PROVIDER_FILTERS)}",
+            param=clipped(unknown[0], quote=False),
+        )
+    model = query.get("model")
+    if model is not None and not model.strip():
+        raise InvalidRequest("`model` must be a non-empty model id", param="model")
+    service_type = query.get("service_type")
+    if service_type is not None and service_type not in _SERVICE_TYPES:
+        raise InvalidRequest(
+            f"`service_type` must be one of {', '.join(_SERVICE_TYPES)}, not {clipped(service_type)}",
+            param="service_type",
+        )
+    return model, service_type
 
 
 def not_found(request: Request, ours: frozenset[str], prefixes: tuple[str, ...] = ()) -> Response:

@@ -7,7 +7,8 @@ snapshot. It refreshes on a cadence and as soon as ``ServiceUpdated``, ``Service
 local devnet without ``allow_private_targets``) are counted in the pool by model, so that a request for
 their model is told so, and which setting allows them, rather than that the model does not exist. The
 prober closes breakers with free ``/v1/models`` calls, so providers come back after an outage without any
-real traffic.
+real traffic. Each refresh hands the pool to the ``attestor``, which checks new and changed providers' TEE
+quotes beside the refresh loop (``router.verify.attestation``), never on a request's path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from router.pool.providers import Pool, ProviderInfo, ProviderKind, ProviderStat
 from router.transport.base import ProviderTransport
 from router.transport.guard import check_provider_url
 from router.types import Service
+from router.verify.attestation import Attestor
 
 if TYPE_CHECKING:
     from router.chain.client import ChainClient
@@ -72,6 +74,7 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
     tiers = parse_tiers(extra.get("tieredPricing"))
     cache_divisor = parse_cache_divisor(extra.get("cacheTokenBilling"))
     limits = ProviderLimits()
+    formats: tuple[str, ...] = ("openai",)
     entries = models_doc.get("data") if isinstance(models_doc, dict) else None
     for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
@@ -87,6 +90,7 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
             cache_divisor = parse_cache_divisor(pricing.get("cache_token_billing")) or cache_divisor
         if entry["id"] == service.model:
             limits = advertised_limits(entry)
+            formats = advertised_formats(entry)
     return ProviderInfo(
         id=service.provider,
         kind=ProviderKind.CHAIN,
@@ -101,9 +105,18 @@ def provider_info(service: Service, base: str, models_doc: Any) -> ProviderInfo:
         registered_signer=service.tee_signer_address or None,
         signer_acknowledged=service.tee_signer_acknowledged,
         limits=limits,
+        formats=formats,
         price_tiers=tiers,
         cache_divisor=cache_divisor,
     )
+
+
+def advertised_formats(entry: dict[str, Any]) -> tuple[str, ...]:
+    """The request formats a ``/v1/models`` entry says its model serves (``supported_formats``, our
+    reading: the broker's field is unconfirmed), lowercased, "openai" always among them."""
+    given = entry.get("supported_formats")
+    named = [f.strip().lower() for f in given if isinstance(f, str)] if isinstance(given, list) else []
+    return tuple(dict.fromkeys(["openai", *(f for f in named if f)]))
 
 
 def advertised_limits(entry: dict[str, Any]) -> ProviderLimits:
@@ -192,6 +205,7 @@ class Discovery:
         self._next_block = 0
         # How many providers the last refresh refused only for a loopback or private address.
         self.refused_private = 0
+        self.attestor = Attestor(transport, timeout=options.models_timeout)
 
     async def refresh(self) -> None:
         """Replace the pool's chain providers with what the registry says now."""
@@ -217,6 +231,7 @@ class Discovery:
         docs = await asyncio.gather(*(self._models_doc(service, base) for service, base in usable))
         infos = [provider_info(service, base, doc) for (service, base), doc in zip(usable, docs, strict=True)]
         self._pool.replace(ProviderKind.CHAIN, infos)
+        self.attestor.watch(self._pool)
         self._pool.set_refused((service.service_type, service.model) for service in private)
         self.refused_private = len(private)
         self._next_block = latest + 1
@@ -230,7 +245,13 @@ class Discovery:
                 raise result
 
     async def run(self) -> None:
-        """Refresh every ``refresh_interval`` s, and sooner when the registry emits a change."""
+        """Refresh every ``refresh_interval`` s, and sooner when the registry emits a change; attest
+        providers meanwhile."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.attestor.run())
+            await self._refresh_forever()
+
+    async def _refresh_forever(self) -> None:
         options = self._options
         since_refresh = 0.0
         while True:

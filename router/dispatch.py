@@ -33,6 +33,7 @@ from router.errors import (
     NoProviderAvailable,
     ProviderUnreachable,
     RequestFailed,
+    Saturated,
     UpstreamRejected,
     clipped,
 )
@@ -50,10 +51,13 @@ from router.pool.trust import TrustState
 from router.replies import Reply, StreamReply
 from router.request import Call, Endpoint
 from router.transport.base import ProviderTransport, Upstream
+from router.verify.attestation import attestation_shortfall
 from router.verify.check import Finding
 from router.verify.verifier import Verifier
 
 Authorizer = Callable[[Lane], Awaitable[str]]
+# The least time left for which an attempt is started: what a provider needs at the very least to answer.
+MIN_ATTEMPT_SECONDS = 0.05
 
 
 class Dispatcher:
@@ -123,11 +127,7 @@ class Dispatcher:
                     return await self._next_attempt(run, candidates)
         except FailOver as exc:
             run.failed(exc)
-            error: RequestFailed = AllAttemptsFailed(
-                f"every attempt failed ({run.attempts} over {len(run.tried)} provider(s)); "
-                f"last: {exc.detail}",
-                attempts=run.attempts,
-            )
+            error: RequestFailed = self._gave_up(run, exc)
         except RequestFailed as exc:
             exc.attempts = run.attempts
             error = exc
@@ -137,6 +137,27 @@ class Dispatcher:
             raise
         run.finish(error.status, None, error=str(error))
         raise error
+
+    def _gave_up(self, run: Run, last: FailOver) -> RequestFailed:
+        """The error of a request whose attempts ran out. When the last one only found its provider at
+        a limit or busy (a 429, a global-cap 503) and the deadline ended the tries, it is our 429 with a
+        ``Retry-After``, as for a request that queued to its deadline: no provider failed it."""
+        if not last.counts:
+            call = run.call
+            everyone = self._pool.candidates(call.endpoint.service_type, call.model)
+            retry = self._admission.retry_after(
+                [lane for s in everyone for lane in s.lanes], self._admission.now()
+            )
+            return Saturated(
+                "every provider for this request is at its rate limit or busy until past its deadline; "
+                f"try again in {retry} s (last: {last.detail})",
+                headers={"Retry-After": str(retry)},
+                attempts=run.attempts,
+            )
+        return AllAttemptsFailed(
+            f"every attempt failed ({run.attempts} over {len(run.tried)} provider(s)); last: {last.detail}",
+            attempts=run.attempts,
+        )
 
     def _stop(self, run: Run) -> Callable[[RetryCallState], bool]:
         """The tenacity stop condition: count the attempt that just failed, then check the budget."""
@@ -210,7 +231,7 @@ class Dispatcher:
     def _demand(self, call: Call) -> Demand:
         """What admission reserves against the lane's token and image budgets."""
         endpoint = call.endpoint
-        if endpoint is Endpoint.IMAGES:
+        if endpoint.makes_images:
             return Demand(images=call.images)
         if endpoint is Endpoint.EMBEDDINGS:
             return Demand(tokens=call.prompt_estimate)
@@ -219,13 +240,22 @@ class Dispatcher:
 
     async def _attempt(self, run: Run, candidates: list[ProviderState], now: float) -> Reply | StreamReply:
         call = run.call
+        if call.deadline - now < MIN_ATTEMPT_SECONDS:
+            # Too late for any provider to answer: an attempt now would only end in a timeout charged to
+            # a provider for the request's own deadline.
+            lanes = [lane for state in candidates for lane in state.lanes]
+            retry = self._admission.retry_after(lanes, now)
+            raise Saturated(
+                f"no provider could take this request before its deadline; try again in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
         ranked = rank(candidates, call.prefs, self._options.strategy, self._rng, self._provider_load)
         lanes = self._lanes(ranked)
         holds = self._holds
         reserves: dict[Lane, int] = {}
         if holds is not None:
             lanes = self._funded(call, lanes, holds, reserves)
-        queue_deadline = min(call.deadline, now + self._options.queue_timeout)
+        queue_deadline = min(call.deadline - MIN_ATTEMPT_SECONDS, now + self._options.queue_timeout)
         try:
             lease = await self._admission.acquire(lanes, queue_deadline, self._demand(call))
         finally:
@@ -271,7 +301,7 @@ class Dispatcher:
                 continue
             if call.endpoint is Endpoint.EMBEDDINGS:
                 reserve = info.pricing.fee(call.prompt_estimate, 0)
-            elif call.endpoint is Endpoint.IMAGES:
+            elif call.endpoint.makes_images:
                 reserve = info.pricing.fee(0, call.images)
             elif call.endpoint is Endpoint.TRANSCRIPTIONS:
                 # Billed by output (or duration), not by the size of the audio upload.
@@ -326,7 +356,7 @@ class Dispatcher:
             # A 2xx is billed for what was generated even if its body never arrives whole (protocol.md §10).
             raise attempt.failed(Verdict.UNHEALTHY, upstream.status, str(exc), billed=True) from None
         content_type = upstream.headers.get("Content-Type", "application/json")
-        images = call.endpoint is Endpoint.IMAGES
+        images = call.endpoint.makes_images
         if call.endpoint is Endpoint.TRANSCRIPTIONS and not says_json(content_type):
             # response_format text, srt or vtt: text the provider bills by its own count.
             charge = NO_CHARGE
@@ -419,6 +449,8 @@ def _no_wait(state: RetryCallState) -> float:
 
 def _none_verified(call: Call, everyone: list[ProviderState]) -> NoProviderAvailable:
     """The 503 for a verified-only call that no provider can take, saying why."""
+    if call.prefs.require_attestation and (why := attestation_shortfall(everyone, call.model)):
+        return NoProviderAvailable(f"verified_only: {why}", code="no_attested_provider")
     verified = sum(state.trust.state is TrustState.VERIFIED for state in everyone)
     if verified:
         why = (

@@ -1,18 +1,19 @@
 """One parser per request: a client's JSON body, the library's payload dict or a multipart upload becomes a
 ``Request`` through the same checks, and a ``Request`` in flight is a ``Call``.
 
-    request = parse_json(Endpoint.CHAT, body, headers)       # the gateway: bytes off the wire
+    request = parse_body(Endpoint.CHAT, body, headers)       # the gateway: bytes off the wire
     request = parse_payload(Endpoint.CHAT, {"model": ..., "messages": [...]})   # the library
     call = router.new_call(request)                          # its id, deadline and enforced preferences
 
-Both JSON parsers run ``parse_payload``'s checks, ``provider`` (our routing field) included, so a request
-the gateway refuses the library refuses with the same ``InvalidRequest``.
+``parse_body`` takes a form where the route does (transcriptions; image edits sent as multipart) and JSON
+otherwise. Both JSON parsers run ``parse_payload``'s checks, ``provider`` (our routing field) included, so
+a request the gateway refuses the library refuses with the same ``InvalidRequest``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -22,11 +23,21 @@ from typing import Any
 from router.endpoints import Endpoint
 from router.errors import InvalidRequest
 from router.policy.select import Preferences, parse_preferences
-from router.validate import validate_json, validate_transcription
+from router.validate import validate_image_edit, validate_json, validate_transcription
 
-__all__ = ["Call", "Endpoint", "Request", "parse_json", "parse_multipart", "parse_payload", "verify_mode"]
+__all__ = [
+    "Call",
+    "Endpoint",
+    "Request",
+    "parse_body",
+    "parse_json",
+    "parse_multipart",
+    "parse_payload",
+    "verify_mode",
+]
 
 _JSON = "application/json"
+_MULTIPART = "multipart/form-data"
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -99,6 +110,15 @@ class Call:
         return self.request.images
 
 
+def parse_body(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Request:
+    """A request off the wire, parsed as its route and its Content-Type say: a transcription is always a
+    form, an image edit a form when it is sent as one, anything else JSON."""
+    content_type = headers.get("Content-Type", "")
+    if endpoint is Endpoint.TRANSCRIPTIONS or (endpoint in _FORMS and content_type.startswith(_MULTIPART)):
+        return parse_multipart(body, content_type, headers, endpoint=endpoint)
+    return parse_json(endpoint, body, headers)
+
+
 def parse_json(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Request:
     """A JSON request off the wire: decoded, then checked as ``parse_payload`` checks it. Raises
     ``InvalidRequest`` (400) for a body that is not a JSON object or a request that is wrong."""
@@ -149,43 +169,87 @@ def _checked(
         verify_sync=verify_mode(headers),
         # About four bytes of JSON per token: a rough figure that needs no tokenizer.
         prompt_estimate=len(body) // 4 + 1,
-        images=(most or 1) if endpoint is Endpoint.IMAGES else 0,
+        images=(most or 1) if endpoint.makes_images else 0,
     )
 
 
-def parse_multipart(body: bytes, content_type: str, headers: Mapping[str, str]) -> Request:
-    """A transcription upload: the model comes from its form field; the body is passed on unchanged.
-    Raises ``InvalidRequest`` for a body that is not multipart, or a missing or wrong field."""
-    if not content_type.startswith("multipart/form-data"):
-        raise InvalidRequest("audio transcriptions take multipart/form-data (a file and a model)")
+def parse_multipart(
+    body: bytes,
+    content_type: str,
+    headers: Mapping[str, str],
+    *,
+    endpoint: Endpoint = Endpoint.TRANSCRIPTIONS,
+) -> Request:
+    """An upload (a transcription's audio, an image edit's pictures): the model comes from its form
+    field; the body is passed on unchanged. Raises ``InvalidRequest`` for a body that is not multipart, or
+    a missing or wrong field."""
+    form = _FORMS[endpoint]
+    if not content_type.startswith(_MULTIPART):
+        raise InvalidRequest(form.shape)
     message = BytesParser(policy=HTTP).parsebytes(
         b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
     )
     fields: dict[str, bytes] = {}
+    files = 0
     if message.is_multipart():
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if isinstance(name, str):
                 payload = part.get_payload(decode=True)
-                fields[name] = payload if isinstance(payload, bytes) else b""
-    if "file" not in fields:
-        raise InvalidRequest("`file` is required: the audio to transcribe", param="file")
+                fields[name] = value = payload if isinstance(payload, bytes) else b""
+                if name in form.files:
+                    # A provider would refuse an empty upload, or fail on it (charged to its health).
+                    if not value:
+                        raise InvalidRequest(f"`{name}` is an empty file", param=form.files[0])
+                    files += 1
+    if not files:
+        raise InvalidRequest(f"`{form.files[0]}` is required: {form.what}", param=form.files[0])
     model = fields.get("model", b"").decode("utf-8", "replace").strip()
     if not model:
         raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
-    validate_transcription(fields)
+    form.validate(fields)
+    count = int(fields["n"]) if endpoint.makes_images and "n" in fields else None
     return Request(
-        endpoint=Endpoint.TRANSCRIPTIONS,
+        endpoint=endpoint,
         model=model,
         body=body,
         content_type=content_type,
         stream=False,
         prefs=parse_preferences(None, headers),
-        max_output=None,
+        max_output=count,
         verify_sync=verify_mode(headers),
-        prompt_estimate=0,  # billed by output (or duration), not by the size of the audio upload
-        images=0,
+        # Billed by output (or duration, or per image), not by the size of the upload.
+        prompt_estimate=0,
+        images=(count or 1) if endpoint.makes_images else 0,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """What a route's form must hold: the field names its files may come under (the first is the one
+    errors name), what they are, and the check of its other fields."""
+
+    files: tuple[str, ...]
+    what: str
+    shape: str
+    validate: Callable[[Mapping[str, bytes]], None]
+
+
+_FORMS: dict[Endpoint, _Form] = {
+    Endpoint.TRANSCRIPTIONS: _Form(
+        ("file",),
+        "the audio to transcribe",
+        "audio transcriptions take multipart/form-data (a file and a model)",
+        validate_transcription,
+    ),
+    # `image[]` is how the OpenAI SDKs name the parts of several images.
+    Endpoint.IMAGE_EDITS: _Form(
+        ("image", "image[]"),
+        "the image to edit (one file, or several)",
+        "image edits take multipart/form-data (an image, a prompt and a model) or JSON",
+        validate_image_edit,
+    ),
+}
 
 
 def verify_mode(headers: Mapping[str, str]) -> bool:
@@ -206,7 +270,7 @@ def _max_output(endpoint: Endpoint, payload: Mapping[str, Any]) -> int | None:
     Used to reserve balance while the request is in flight; a value the provider will reject anyway
     (not a positive integer) counts as unsaid.
     """
-    keys = ("n",) if endpoint is Endpoint.IMAGES else ("max_completion_tokens", "max_tokens")
+    keys = ("n",) if endpoint.makes_images else ("max_completion_tokens", "max_tokens")
     for key in keys:
         value = payload.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:

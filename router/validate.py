@@ -35,25 +35,56 @@ def validate_json(endpoint: Endpoint, payload: Mapping[str, Any]) -> None:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("you must provide a model parameter (a non-empty string)", param="model")
-    name, present, shape = _REQUIRED[endpoint]
-    if not present(payload.get(name)):
-        raise InvalidRequest(f"`{name}` is required and must be {shape}", param=name)
+    for name, present, shape in _REQUIRED[endpoint]:
+        if not present(payload.get(name)):
+            raise InvalidRequest(f"`{name}` is required and must be {shape}", param=name)
     _check_fields(payload, _FIELDS[endpoint], "")
+    if endpoint is Endpoint.CHAT:
+        _tool_choice_names_a_tool(payload)
+
+
+def _tool_choice_names_a_tool(payload: Mapping[str, Any]) -> None:
+    """``tool_choice`` ``required`` needs tools, and a named one must be among them: a model server
+    refuses either, so no provider should see it."""
+    choice, tools = payload.get("tool_choice"), payload.get("tools") or []
+    if choice == "required" and not tools:
+        raise InvalidRequest("`tool_choice` is `required`, which needs `tools`", param="tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice["function"]["name"]
+        names = {
+            t["function"]["name"]
+            for t in tools
+            if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+        }
+        if name not in names:
+            raise InvalidRequest(
+                f"`tool_choice.function.name` names {clipped(name)}, which is not among `tools`",
+                param="tool_choice.function.name",
+            )
 
 
 def validate_transcription(fields: Mapping[str, bytes]) -> None:
     """Raise ``InvalidRequest`` for a transcription form field we know and that is wrong."""
-    if (chosen := fields.get("response_format")) is not None:
-        _TRANSCRIPTION_FORMAT(chosen.decode("utf-8", "replace").strip(), "response_format")
-    if (given := fields.get("temperature")) is not None:
-        text = given.decode("utf-8", "replace").strip()
-        try:
-            temperature = float(text)
-        except ValueError:
-            temperature = math.nan
-        # NaN fails the range test too, so text that is no number is refused with the rest.
-        if not 0 <= temperature <= 1:
-            _fail("temperature", "a number from 0 to 1", text)
+    _check_form(fields, _FORM_FIELDS[Endpoint.TRANSCRIPTIONS])
+
+
+def validate_image_edit(fields: Mapping[str, bytes]) -> None:
+    """Raise ``InvalidRequest`` for an image edit form without its prompt, or with a field we know that
+    is wrong. (Its files, ``image`` and ``mask``, are the parser's: it sees each part.)"""
+    prompt = fields.get("prompt")
+    _text(_MISSING if prompt is None else _form_text(prompt), "prompt")
+    _check_form(fields, _FORM_FIELDS[Endpoint.IMAGE_EDITS])
+
+
+def _check_form(fields: Mapping[str, bytes], checks: Mapping[str, Check]) -> None:
+    # A form's fields are text: each check sees the field decoded, without surrounding white space.
+    for name, check in checks.items():
+        if (given := fields.get(name)) is not None:
+            check(_form_text(given), name)
+
+
+def _form_text(value: bytes) -> str:
+    return value.decode("utf-8", "replace").strip()
 
 
 def _check_fields(record: Mapping[str, Any], checks: Mapping[str, Check], prefix: str) -> None:
@@ -186,6 +217,48 @@ def _unstreamed(endpoint: Endpoint) -> Check:
     def check(value: Any, param: str) -> None:
         _flag(value, param)
         if value:
+            raise InvalidRequest(f"streaming is not supported on {endpoint.path}", param=param)
+
+    return check
+
+
+# -- form fields (text, as a multipart form carries them) ---------------------------------------
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def _form_number(low: float, high: float) -> Check:
+    expected = f"a number from {low:g} to {high:g}"
+
+    def check(text: str, param: str) -> None:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        # NaN fails the range test too, so text that is no number is refused with the rest.
+        if not low <= value <= high:
+            _fail(param, expected, text)
+
+    return check
+
+
+def _form_integer(low: int, high: int) -> Check:
+    expected = f"an integer from {low} to {high}"
+
+    def check(text: str, param: str) -> None:
+        # Digits only: Python's int() would also take "+3", "3_0" and other digits than ASCII ones.
+        if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+            _fail(param, expected, text)
+
+    return check
+
+
+def _form_unstreamed(endpoint: Endpoint) -> Check:
+    def check(text: str, param: str) -> None:
+        flag = text.lower()
+        if flag not in ("true", "false"):
+            raise InvalidRequest(f"`{param}` must be true or false", param=param)
+        if flag == "true":
             raise InvalidRequest(f"streaming is not supported on {endpoint.path}", param=param)
 
     return check
@@ -330,12 +403,45 @@ def _input(value: Any, param: str) -> None:
             _fail(where, "a string, a token id or a list of token ids", item)
 
 
+# -- image edits --------------------------------------------------------------------------------
+
+# A data URI's head (`data:image/png;base64,`), then standard base64 with its padding.
+_DATA_URI = re.compile(r"data:[^,]*;base64,")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*+={0,2}")
+_IMAGE = "a base64-encoded image (or a data: URI of one)"
+
+
+def _base64_image(value: Any, param: str) -> None:
+    """An image as the broker's JSON edits take it. A URL or a file id sent in its place is the caller's
+    mistake, refused here rather than at a provider."""
+    if not isinstance(value, str):
+        _fail(param, _IMAGE, value)
+    head = _DATA_URI.match(value)
+    data = value[head.end() :] if head else value
+    if not data or len(data) % 4 or not _BASE64.fullmatch(data):
+        _fail(param, _IMAGE, value)
+
+
+def _images(value: Any, param: str) -> None:
+    """One image, or a non-empty list of them (for models that edit several at once)."""
+    if isinstance(value, list) and value:
+        for index, item in enumerate(value):
+            _base64_image(item, f"{param}[{index}]")
+    else:
+        _base64_image(value, param)
+
+
 # -- the tables ---------------------------------------------------------------------------------
 
-_REQUIRED: dict[Endpoint, tuple[str, Callable[[Any], bool], str]] = {
-    Endpoint.CHAT: ("messages", lambda v: isinstance(v, list) and bool(v), "a non-empty list of messages"),
-    Endpoint.EMBEDDINGS: ("input", lambda v: isinstance(v, str | list), "a string or a list"),
-    Endpoint.IMAGES: ("prompt", lambda v: isinstance(v, str), "a string"),
+_PROMPT = ("prompt", lambda v: isinstance(v, str), "a string")
+_REQUIRED: dict[Endpoint, tuple[tuple[str, Callable[[Any], bool], str], ...]] = {
+    Endpoint.CHAT: (("messages", lambda v: isinstance(v, list) and bool(v), "a non-empty list of messages"),),
+    Endpoint.EMBEDDINGS: (("input", lambda v: isinstance(v, str | list), "a string or a list"),),
+    Endpoint.IMAGES: (_PROMPT,),
+    Endpoint.IMAGE_EDITS: (
+        ("image", lambda v: isinstance(v, str | list) and bool(v), _IMAGE + " or a list of them"),
+        _PROMPT,
+    ),
 }
 
 _FIELDS: dict[Endpoint, dict[str, Check]] = {
@@ -378,6 +484,35 @@ _FIELDS: dict[Endpoint, dict[str, Check]] = {
         "stream": _unstreamed(Endpoint.IMAGES),
         "user": _string,
     },
+    # The broker's JSON shape (ctrl/image_editing.go): base64 images, model-specific `extras`.
+    Endpoint.IMAGE_EDITS: {
+        "image": _images,
+        "mask": _base64_image,
+        "prompt": _text,
+        "negative_prompt": _string,
+        "n": _integer(1, 10),
+        "size": _string,
+        "response_format": _choice("url", "b64_json"),
+        "stream": _unstreamed(Endpoint.IMAGE_EDITS),
+        "user": _string,
+        "extras": _record(
+            {
+                "ref_images": _list_of(_base64_image, "a list of base64-encoded images"),
+                "strength": _number(0, 1),
+                "seed": _integer(),
+            }
+        ),
+    },
 }
 
-_TRANSCRIPTION_FORMAT = _choice("json", "text", "srt", "verbose_json", "vtt")
+_FORM_FIELDS: dict[Endpoint, dict[str, Check]] = {
+    Endpoint.TRANSCRIPTIONS: {
+        "response_format": _choice("json", "text", "srt", "verbose_json", "vtt"),
+        "temperature": _form_number(0, 1),
+    },
+    Endpoint.IMAGE_EDITS: {
+        "n": _form_integer(1, 10),
+        "response_format": _choice("url", "b64_json"),
+        "stream": _form_unstreamed(Endpoint.IMAGE_EDITS),
+    },
+}

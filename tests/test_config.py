@@ -694,7 +694,10 @@ workers = 2
             load_config(write(tmp_path, UPSTREAM + ANONYMOUS + f"[verify]\n{line}\n"), {})
 
     def test_unknown_keys_are_named_with_the_known_ones(self, tmp_path: Path) -> None:
-        known = "demote_for, lookup_timeout, queue_size, retry_for, sample_rate, verified_only, workers"
+        known = (
+            "demote_for, lookup_timeout, queue_size, require_attestation, retry_for, sample_rate, "
+            "verified_only, workers"
+        )
         with pytest.raises(
             ConfigError, match=re.escape(f"unknown key(s) in [verify]: rate, sync; known: {known}")
         ):

@@ -36,6 +36,7 @@ def devnet_config(args: argparse.Namespace) -> DevnetConfig:
     """The DevnetConfig the ``devnet`` flags describe."""
     default = ProviderSpec()
     models = itertools.cycle(args.models or [default.model])
+    service_types = itertools.cycle(args.service_types or [default.service_type])
     inputs = itertools.cycle(args.input_price or [default.input_price])
     outputs = itertools.cycle(args.output_price or [default.output_price])
     given = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items()}
@@ -46,6 +47,7 @@ def devnet_config(args: argparse.Namespace) -> DevnetConfig:
     specs = tuple(
         ProviderSpec(
             model=next(models),
+            service_type=next(service_types),
             input_price=next(inputs),
             output_price=next(outputs),
             limits=limits,
@@ -107,8 +109,11 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
                 print(json.dumps(summary), flush=True)
             else:
                 _print_readable(summary, devnet.ready_seconds)
-                model = devnet.providers[0].spec.model
-                print(_try_it(gateway.url, api_key, admin_key, model, gateway.metrics_url), flush=True)
+                # The examples chat: with the first chat model, if any provider serves one.
+                chat = next(
+                    (p.spec.model for p in devnet.providers if p.spec.service_type == "chatbot"), None
+                )
+                print(_try_it(gateway.url, api_key, admin_key, chat, gateway.metrics_url), flush=True)
 
         # for_devnet reads the summary's "users": the gateway spends from every funded wallet.
         await serve(RouterConfig.for_devnet(devnet), gateway_config, announce=announce)
@@ -116,10 +121,21 @@ async def _run_devnet_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def _try_it(base: str, api_key: str, admin_key: str, model: str, metrics_url: str | None) -> str:
+def _try_it(base: str, api_key: str, admin_key: str, model: str | None, metrics_url: str | None) -> str:
     """How to reach the gateway: commands that run as printed when pasted into a shell (unindented, so
-    the heredoc closes and Python sees no indentation; every value quoted for its language)."""
+    the heredoc closes and Python sees no indentation; every value quoted for its language). The chat
+    examples need a chat ``model``: without one, only the admin and metrics lines."""
     url = base + "/v1"
+    return f"""{_chat_examples(url, api_key, model) if model else ""}
+Balances and providers (admin key {admin_key}):
+
+ZG_ROUTER_URL={shlex.quote(base)} ZG_ROUTER_ADMIN_KEY={shlex.quote(admin_key)} {_command("zg-router")} balance
+
+Prometheus metrics (no key, loopback only): {metrics_url}
+"""
+
+
+def _chat_examples(url: str, api_key: str, model: str) -> str:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
     messages = '[{"role": "user", "content": "Hello!"}]'
     return f"""
@@ -134,12 +150,6 @@ client = OpenAI(base_url={json.dumps(url)}, api_key={json.dumps(api_key)})
 reply = client.chat.completions.create(model={json.dumps(model)}, messages={messages})
 print(reply.choices[0].message.content)
 EOF
-
-Balances and providers (admin key {admin_key}):
-
-ZG_ROUTER_URL={shlex.quote(base)} ZG_ROUTER_ADMIN_KEY={shlex.quote(admin_key)} {_command("zg-router")} balance
-
-Prometheus metrics (no key, loopback only): {metrics_url}
 """
 
 
@@ -170,5 +180,8 @@ def _print_readable(summary: dict[str, object], ready_seconds: float) -> None:
     lines.append("  providers:")
     providers = summary["providers"]
     assert isinstance(providers, list)
-    lines += [f"    {p['address']}  {p['model']:<20} {p['url']}  (admin {p['admin_url']})" for p in providers]
+    lines += [
+        f"    {p['address']}  {p['service_type']:<14} {p['model']:<20} {p['url']}  (admin {p['admin_url']})"
+        for p in providers
+    ]
     print("\n".join(lines), flush=True)

@@ -173,6 +173,7 @@ class Devnet:
                     "address": p.address,
                     "url": p.url,
                     "model": p.spec.model,
+                    "service_type": p.spec.service_type,
                     "admin_url": p.simulator.admin_url,
                 }
                 for p in self.providers

@@ -33,11 +33,13 @@ _T = TypeVar("_T")
 class _Incoming:
     """An httpx request as the core reads it (its body read already)."""
 
-    __slots__ = ("_body", "headers", "method", "path")
+    __slots__ = ("_body", "headers", "method", "path", "query")
 
-    def __init__(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(self, method: str, url: Any, headers: Mapping[str, str], body: bytes) -> None:
+        """``url`` is an httpx ``URL`` (of either flavour): its path and its query parameters."""
         self.method = method
-        self.path = path
+        self.path = url.path
+        self.query = url.params
         self.headers = headers
         self._body = body
 
@@ -76,7 +78,7 @@ class _AsyncServe:
                 request=request,
             )
         body = await request.aread()
-        reply = await self._core.handle(_Incoming(request.method, request.url.path, request.headers, body))
+        reply = await self._core.handle(_Incoming(request.method, request.url, request.headers, body))
         if reply.stream is None:
             return self._httpx.Response(reply.status, headers=reply.headers, content=reply.body)
         return self._httpx.Response(
@@ -127,7 +129,7 @@ class _SyncServe:
                 "the router is closed: its loop thread has stopped", request=request
             )
         body = request.read()
-        incoming = _Incoming(request.method, request.url.path, request.headers, body)
+        incoming = _Incoming(request.method, request.url, request.headers, body)
         reply = on_loop(self._loop, self._core.handle(incoming))
         if reply.stream is None:
             return self._httpx.Response(reply.status, headers=reply.headers, content=reply.body)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router.pool.accounting import Accounts, FundingState, SubAccount
-from router.pool.catalog import attestation, provider_detail
+from router.pool.catalog import provider_view
 from router.pool.providers import Pool
 
 ALERT_STATES = (FundingState.LEDGER_LOW, FundingState.PROVIDER_CAP, FundingState.FAILED)
@@ -62,9 +62,7 @@ def providers_report(pool: Pool, wallets: Mapping[str, Accounts], now: float) ->
     balance there (``wallets``: each wallet's address and book)."""
     report = []
     for state in sorted(pool, key=lambda s: s.id.lower()):
-        detail = provider_detail(state, now, pool.capacity)
-        detail["models"] = list(state.info.models)
-        detail["attestation"] = attestation(state)
+        detail = provider_view(state, now, pool.capacity)
         detail["balances"] = provider_balances(state.id, wallets)
         report.append(detail)
     return report

@@ -17,7 +17,7 @@ from typing import Any
 from router.errors import InvalidRequest, clipped
 from router.pool.health import BreakerState
 from router.pool.providers import ProviderState
-from router.pool.trust import TrustState
+from router.pool.trust import AttestationState, TrustState
 
 
 class Strategy(enum.Enum):
@@ -51,7 +51,9 @@ TEE_ML_ONLY = frozenset({"TeeML"})
 class Preferences:
     """A request's routing wishes. Provider ids are compared lowercased; an empty ``verifiability``
     accepts any provider, otherwise only providers whose verifiability is in it. ``verified_only`` keeps
-    the providers whose responses we verified (and whose latest check did not fail)."""
+    the providers whose responses we verified (and whose latest check did not fail); with
+    ``require_attestation`` (``[verify] require_attestation``, set on the call by the router) only those
+    of them whose TEE quote is attested too."""
 
     order: tuple[str, ...] = ()
     only: frozenset[str] = frozenset()
@@ -62,6 +64,7 @@ class Preferences:
     max_completion_price: int | None = None
     verifiability: frozenset[str] = frozenset()
     verified_only: bool = False
+    require_attestation: bool = False
 
 
 NO_PREFERENCES = Preferences()
@@ -225,6 +228,12 @@ def eligible(candidates: Sequence[ProviderState], prefs: Preferences) -> list[Pr
         if prefs.verifiability and info.verifiability not in prefs.verifiability:
             continue
         if prefs.verified_only and state.trust.state is not TrustState.VERIFIED:
+            continue
+        if (
+            prefs.verified_only
+            and prefs.require_attestation
+            and state.trust.attestation.state is not AttestationState.ATTESTED
+        ):
             continue
         out.append(state)
     return out

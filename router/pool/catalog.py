@@ -1,4 +1,5 @@
-"""The model list the gateway and the library show: per model, who serves it, at what price, how healthy."""
+"""The model list and the provider list the gateway and the library show: per model, who serves it, at
+what price, how healthy; per provider, what it serves, its limits, health, trust and attestation."""
 
 from __future__ import annotations
 
@@ -13,28 +14,63 @@ def model_catalog(pool: Pool, now: float) -> list[dict[str, Any]]:
 
     Prices are neuron per token (strings: they exceed JSON's safe integers on some providers).
     """
-    catalog = []
-    for model, providers in pool.by_model().items():
-        prompt = [s.info.input_price for s in providers]
-        completion = [s.info.output_price for s in providers]
-        catalog.append(
-            {
-                "id": model,
-                "object": "model",
-                "created": 0,
-                "owned_by": "0g-compute",
-                "service_types": sorted({s.info.service_type for s in providers}),
-                "providers": len(providers),
-                "available": sum(1 for s in providers if s.available(now)),
-                "pricing": {
-                    "prompt": {"min": str(min(prompt)), "max": str(max(prompt))},
-                    "completion": {"min": str(min(completion)), "max": str(max(completion))},
-                },
-                "tee": any(s.info.verifiable for s in providers),
-                "provider_details": [provider_detail(s, now, pool.capacity) for s in providers],
-            }
-        )
-    return catalog
+    return [_model(model, providers, now, pool.capacity) for model, providers in pool.by_model().items()]
+
+
+def model_entry(pool: Pool, model: str, now: float) -> dict[str, Any] | None:
+    """The one object of ``model_catalog`` for ``model`` (matched case-insensitively, as requests are
+    routed), or None for a model nobody serves."""
+    if not pool.knows_model(model):
+        return None
+    wanted = model.lower()
+    for known, providers in pool.by_model().items():
+        if known.lower() == wanted:
+            return _model(known, providers, now, pool.capacity)
+    return None
+
+
+def _model(model: str, providers: list[ProviderState], now: float, capacity: Capacity) -> dict[str, Any]:
+    prompt = [s.info.input_price for s in providers]
+    completion = [s.info.output_price for s in providers]
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "0g-compute",
+        "service_types": sorted({s.info.service_type for s in providers}),
+        "providers": len(providers),
+        "available": sum(1 for s in providers if s.available(now)),
+        "pricing": {
+            "prompt": {"min": str(min(prompt)), "max": str(max(prompt))},
+            "completion": {"min": str(min(completion)), "max": str(max(completion))},
+        },
+        "tee": any(s.info.verifiable for s in providers),
+        "provider_details": [provider_detail(s, now, capacity) for s in providers],
+    }
+
+
+def provider_catalog(
+    pool: Pool, now: float, *, model: str | None = None, service_type: str | None = None
+) -> list[dict[str, Any]]:
+    """``provider_view`` of every provider, by address; only those serving ``model`` (case-insensitive)
+    and of ``service_type``, when given."""
+    states = sorted(pool, key=lambda s: s.id.lower())
+    if model is not None:
+        wanted = model.lower()
+        states = [s for s in states if any(m.lower() == wanted for m in s.info.models)]
+    if service_type is not None:
+        states = [s for s in states if s.info.service_type == service_type]
+    return [provider_view(s, now, pool.capacity) for s in states]
+
+
+def provider_view(state: ProviderState, now: float, capacity: Capacity) -> dict[str, Any]:
+    """One provider as the provider list (and the admin report, which adds balances) shows it: its
+    ``provider_detail`` with the models it serves and its ``attestation`` (our trust verdict on it
+    included)."""
+    view = provider_detail(state, now, capacity)
+    view["models"] = list(state.info.models)
+    view["attestation"] = attestation(state)
+    return view
 
 
 def provider_detail(state: ProviderState, now: float, capacity: Capacity) -> dict[str, Any]:
@@ -83,7 +119,8 @@ def lane_detail(lane: Lane, view: LaneView, now: float) -> dict[str, Any]:
 
 
 def attestation(state: ProviderState) -> dict[str, Any]:
-    """What the chain says about a provider's TEE and what verifying its responses has shown."""
+    """What the chain says about a provider's TEE, what verifying its responses has shown, and what its
+    TEE quote showed (``quote``: state, reason, checked_at, signer_in_quote, checks)."""
     info = state.info
     return {
         "verifiability": info.verifiability,
@@ -91,4 +128,5 @@ def attestation(state: ProviderState) -> dict[str, Any]:
         "signer_acknowledged": info.signer_acknowledged,
         "checked_signer": info.tee_signer,
         "trust": state.trust.as_dict(),
+        "quote": state.trust.attestation.as_dict(),
     }

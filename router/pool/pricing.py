@@ -67,27 +67,46 @@ class Pricing:
         return (prompt_tokens - cached) * input_price + cached_fee + completion_tokens * output_price
 
     def usage_fee(self, usage: Mapping[str, Any] | None) -> int | None:
-        """The fee for an OpenAI ``usage`` object; None if it carries no token counts."""
-        if not usage:
-            return None
-        prompt = usage.get("prompt_tokens", 0)
-        completion = usage.get("completion_tokens", 0)
-        if not _count(prompt) or not _count(completion):
-            return None
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-        return self.fee(prompt, completion, cached if _count(cached) else 0)
+        """The fee for a ``usage`` object (OpenAI's or Anthropic's); None if it carries no token counts."""
+        counts = token_counts(usage)
+        return self.fee(*counts) if counts is not None else None
 
     def usage_charge(self, usage: Mapping[str, Any] | None) -> Charge:
-        """The fee for an OpenAI ``usage`` object with its token counts (all None if it has none)."""
-        fee = self.usage_fee(usage)
-        if fee is None or usage is None:
+        """The fee for a ``usage`` object with its token counts (all None if it has none)."""
+        counts = token_counts(usage)
+        if counts is None:
             return Charge(None)
-        return Charge(fee, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        prompt, completion, cached = counts
+        return Charge(self.fee(prompt, completion, cached), prompt, completion)
 
     def words_fee(self, text: str) -> int:
         """The broker's fallback when a reply has no usage: words of the output at the output price."""
         return len(text.split()) * self.output_price
+
+
+def token_counts(usage: Mapping[str, Any] | None) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached prompt) tokens of an OpenAI ``usage`` object (``prompt_tokens``,
+    ``completion_tokens``, ``prompt_tokens_details.cached_tokens``) or an Anthropic one (``input_tokens``
+    plus the cache reads and writes, which Anthropic counts apart, ``output_tokens``,
+    ``cache_read_input_tokens``); None if it carries no valid counts."""
+    if not usage:
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    elif "input_tokens" in usage or "output_tokens" in usage:
+        read = usage.get("cache_read_input_tokens") or 0
+        written = usage.get("cache_creation_input_tokens") or 0
+        fresh = usage.get("input_tokens", 0)
+        if not (_count(read) and _count(written) and _count(fresh)):
+            return None
+        prompt, completion, cached = fresh + read + written, usage.get("output_tokens", 0), read
+    else:
+        return None
+    if not _count(prompt) or not _count(completion):
+        return None
+    return prompt, completion, cached if _count(cached) else 0
 
 
 def reply_charge(pricing: Pricing, doc: Mapping[str, Any], *, images: bool = False) -> Charge:

@@ -53,6 +53,10 @@ class ProviderInfo:
     registered_signer: str | None = None
     signer_acknowledged: bool = False
     limits: ProviderLimits = field(default_factory=ProviderLimits)
+    # The request formats its model serves, lowercased: "anthropic" means its /messages takes Anthropic's
+    # Messages API as is. From the /v1/models entry's ``supported_formats`` (our reading; the broker's
+    # field is unconfirmed), so every provider serves "openai" and the Messages route translates for it.
+    formats: tuple[str, ...] = ("openai",)
     api_key: str | None = field(default=None, repr=False)
     price_tiers: tuple[PriceTier, ...] = ()
     cache_divisor: int = 0

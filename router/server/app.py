@@ -3,9 +3,9 @@
 The API's routes are the core's (``router.core``: parsing, dispatch, receipts and errors, shared with the
 in-process transports); this face turns aiohttp requests into core requests and core replies into
 aiohttp responses, and adds what only an HTTP server has: the admin API and ``/metrics``, and the limits
-``GatewayConfig`` sets on connections, heads and bodies. Every error a client can see is OpenAI-shaped
-JSON with the right status, down to the HTTP server's own (requests its parser refuses, too many
-connections); nothing here decides routing.
+``GatewayConfig`` sets on connections, heads and bodies, and CORS for browser apps (``cors_origins``).
+Every error a client can see is OpenAI-shaped JSON with the right status, down to the HTTP server's own
+(requests its parser refuses, too many connections); nothing here decides routing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from http.client import responses
 from types import TracebackType
 from typing import Any, Self
@@ -129,7 +130,11 @@ class _Server(web.Server):
         config: GatewayConfig,
     ) -> None:
         limited = functools.partial(
-            _body_limits, handler=handler, max_body=config.max_body_bytes, body_timeout=config.body_timeout
+            _body_limits,
+            handler=handler,
+            max_body=config.max_body_bytes,
+            body_timeout=config.body_timeout,
+            cors=_Cors(config.cors_origins) if config.cors_origins else None,
         )
         super().__init__(limited, request_factory=request_factory, handler_cancellation=True)
         self._connection_options: dict[str, Any] = {
@@ -167,14 +172,19 @@ async def _body_limits(
     handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
     max_body: int,
     body_timeout: float,
+    cors: _Cors | None,
 ) -> web.StreamResponse:
     """``handler``, unless the declared body is over ``max_body`` (413 before a byte of it is read), with
     ``body_timeout`` seconds for the body to arrive (408 after). Once it has, the handler has all the time
-    it needs; a body it never reads is left to aiohttp's lingering, which ``lingering_time`` bounds."""
+    it needs; a body it never reads is left to aiohttp's lingering, which ``lingering_time`` bounds. The
+    413 comes before routing, so before the app adds CORS headers: a browser app is shown it all the same."""
     if not request.body_exists:
         return await handler(request)
     if request.content_length is not None and request.content_length > max_body:
-        return _too_large(max_body, request_id(request.headers))
+        refused = _too_large(max_body, request_id(request.headers))
+        if cors is not None:
+            cors.add(request.headers, refused.headers)
+        return refused
     deadline = asyncio.timeout(body_timeout)
     try:
         async with deadline:
@@ -294,19 +304,127 @@ def _busy_response(limit: int) -> bytes:
     return head.encode() + body
 
 
+# -- CORS -------------------------------------------------------------------------------------------
+
+_CORS_METHODS = "GET, POST, OPTIONS"
+# The request headers a page may send: ours, and the OpenAI and Anthropic SDKs' (their x-stainless-*
+# telemetry, anthropic-version, openai-organization, ...), by name or by prefix.
+_CORS_HEADERS = frozenset({"authorization", "content-type", "x-api-key", "x-request-id"})
+_CORS_HEADER_PREFIXES = ("x-zg-", "x-0g-", "x-stainless-", "anthropic-", "openai-")
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,100}")
+# What a page may read of a reply besides the safelisted headers: the receipts, and when to retry.
+_CORS_EXPOSED = ", ".join(
+    (
+        "x-request-id",
+        "x-zg-provider",
+        "x-zg-attempts",
+        "x-zg-cost",
+        "x-zg-chat-id",
+        "zg-res-key",
+        "x-zg-verifiability",
+        "x-zg-verify",
+        "retry-after",
+    )
+)
+# Seconds a browser may keep a preflight's answer (Chromium caps it at 7200).
+_CORS_MAX_AGE = "3600"
+
+
+class _Cors:
+    """CORS for ``origins`` (exact origins, or ``*``): preflights answered, replies to an allowed origin
+    marked so the browser hands them to the page. A request from any other origin gets no CORS header,
+    so the browser refuses it; the gateway serves it as ever (a non-browser client is not told apart).
+    No credentials mode: the API key travels in a header, never in a cookie."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        self._origins = frozenset(origins)
+        self._any = "*" in self._origins
+
+    def _allowed(self, headers: Mapping[str, str]) -> str | None:
+        """The ``Access-Control-Allow-Origin`` for a request, or None for none at all."""
+        origin = headers.get("Origin")
+        if origin is None:
+            return None
+        if self._any:
+            return "*"
+        return origin if origin in self._origins else None
+
+    def add(self, request: Mapping[str, str], reply: MutableMapping[str, str]) -> None:
+        """Mark ``reply`` (its headers) for the request's origin, if it is allowed. Idempotent."""
+        if not self._any and "origin" not in reply.get("Vary", "").lower():
+            # The reply depends on the Origin sent: a shared cache must not hand one origin's to another.
+            reply["Vary"] = f"{reply['Vary']}, Origin" if "Vary" in reply else "Origin"
+        allowed = self._allowed(request)
+        if allowed is not None:
+            reply["Access-Control-Allow-Origin"] = allowed
+            reply["Access-Control-Expose-Headers"] = _CORS_EXPOSED
+
+    def preflight(self, request: web.Request) -> web.Response | None:
+        """The answer to a preflight from an allowed origin; None for anything else, which is routed as
+        ever (a preflight from another origin meets a 404 or 405 without CORS headers: refused)."""
+        headers = request.headers
+        if (
+            request.method != "OPTIONS"
+            or "Access-Control-Request-Method" not in headers
+            or self._allowed(headers) is None
+        ):
+            return None
+        answer = {
+            "Access-Control-Allow-Methods": _CORS_METHODS,
+            "Access-Control-Max-Age": _CORS_MAX_AGE,
+            "Vary": "Access-Control-Request-Headers",
+        }
+        asked = (
+            name.strip().lower() for name in headers.get("Access-Control-Request-Headers", "").split(",")
+        )
+        # The browser sends the request only if every header it asked for is named: one we do not take
+        # is left out, and the browser refuses the request.
+        allowed = [name for name in asked if _HEADER_NAME.fullmatch(name) and _cors_header(name)]
+        if allowed:
+            answer["Access-Control-Allow-Headers"] = ", ".join(allowed)
+        return web.Response(status=204, headers=answer)
+
+
+def _cors_header(name: str) -> bool:
+    return name in _CORS_HEADERS or name.startswith(_CORS_HEADER_PREFIXES)
+
+
+def _cors_middleware(cors: _Cors) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def answer_preflights(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        preflight = cors.preflight(request)
+        return preflight if preflight is not None else await handler(request)
+
+    return answer_preflights
+
+
+async def _mark_for_cors(request: web.Request, response: web.StreamResponse, *, cors: _Cors) -> None:
+    # Before the head is sent: a stream's headers go out before its first event.
+    cors.add(request.headers, response.headers)
+
+
 def make_app(
     router: Router, config: GatewayConfig, *, metrics: CollectorRegistry | None = None
 ) -> web.Application:
     """The gateway for ``router``, with ``/metrics`` from ``metrics`` if given. The caller owns the router
     (opens it before, closes it after)."""
     app = web.Application(client_max_size=config.max_body_bytes)
+    if config.cors_origins:
+        cors = _Cors(config.cors_origins)
+        app.middlewares.append(_cors_middleware(cors))
+        app.on_response_prepare.append(functools.partial(_mark_for_cors, cors=cors))
     app[ROUTER] = router
     face_paths = set(_ADMIN_PATHS)
     if metrics is not None:
         app.router.add_get("/metrics", functools.partial(_metrics, registry=metrics))
         face_paths.add("/metrics")
     core = Core(router, api_keys=config.api_keys, face_paths=face_paths, face_prefixes=_ADMIN_PREFIXES)
-    for path, methods in core.routes.items():
+    # A prefix route serves every path under it, the prefix itself included (the core says what an empty
+    # model id is); ours go before the catch-all 404 below.
+    routes = [*core.routes.items(), *((p + "{tail:.*}", m) for p, m in core.prefix_routes.items())]
+    for path, methods in routes:
         for method, handler in methods.items():
             serve = functools.partial(_serve, handler=handler, max_body=config.max_body_bytes)
             # add_get also answers HEAD, as the gateway always has (probes use it).
@@ -324,13 +442,14 @@ def make_app(
 class _Incoming:
     """An aiohttp request as the core reads it: its body past ``client_max_size`` is the core's 413."""
 
-    __slots__ = ("_max_body", "_request", "headers", "method", "path")
+    __slots__ = ("_max_body", "_request", "headers", "method", "path", "query")
 
     def __init__(self, request: web.Request, max_body: int) -> None:
         self._request = request
         self._max_body = max_body
         self.method = request.method
         self.path = request.path
+        self.query = request.query
         self.headers = request.headers
 
     async def read(self) -> bytes:

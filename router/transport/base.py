@@ -53,6 +53,13 @@ class ProviderTransport(AbstractAsyncContextManager["ProviderTransport"], Protoc
         """POST ``body`` to ``provider.base_url + path``; returns once the reply's headers are in."""
         ...
 
+    async def get(
+        self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
+    ) -> tuple[Mapping[str, str], bytes]:
+        """GET a free route of a provider: its reply's headers and body; non-2xx raises
+        ``ProviderUnreachable``."""
+        ...
+
     async def get_json(
         self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
     ) -> Any:

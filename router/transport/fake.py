@@ -537,6 +537,16 @@ class FakeTransport:
         self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
     ) -> Any:
         """``on_get``'s reply, parsed; non-2xx or non-JSON raises ``ProviderUnreachable``."""
+        _, body = await self.get(kind, provider, url, headers=headers, time_left=time_left)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise ProviderUnreachable(provider, f"{url} did not answer JSON") from None
+
+    async def get(
+        self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
+    ) -> tuple[Mapping[str, str], bytes]:
+        """``on_get``'s reply: its headers and body; non-2xx raises ``ProviderUnreachable``."""
         self._check_open()
         request = FakeRequest(
             "GET", provider, kind, url, urlsplit(url).path, b"", _headers(headers), False, time_left
@@ -546,11 +556,8 @@ class FakeTransport:
         reply = await self._headers_of(request, self._on_get)
         if reply.status >= 300:
             raise ProviderUnreachable(provider, f"{url} answered {reply.status}")
-        body = await FakeUpstream(request, reply, time_left, started + time_left).read()
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise ProviderUnreachable(provider, f"{url} did not answer JSON") from None
+        upstream = FakeUpstream(request, reply, time_left, started + time_left)
+        return upstream.headers, await upstream.read()
 
     async def _headers_of(self, request: FakeRequest, responder: Responder) -> FakeReply:
         """The responder's reply after its delay, bounded by the request's time left."""

@@ -200,11 +200,11 @@ class HttpTransport:
         idle = opts.stream_idle_timeout if stream else opts.body_idle_timeout
         return Upstream(provider.id, response, idle, opts.max_response_bytes)
 
-    async def get_json(
+    async def get(
         self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
-    ) -> Any:
-        """GET a free JSON route of a provider (``/v1/models``); non-2xx (a redirect too: it is not
-        followed) or non-JSON raises."""
+    ) -> tuple[Mapping[str, str], bytes]:
+        """GET a free route of a provider: the reply's headers and body (at most ``max_response_bytes``).
+        Non-2xx (a redirect too: it is not followed) raises ``ProviderUnreachable``."""
         session = self._sessions[kind]
         with _mapped(provider):
             async with (
@@ -218,7 +218,19 @@ class HttpTransport:
             ):
                 if response.status >= 300:
                     raise ProviderUnreachable(provider, f"{url} answered {response.status}")
-                body = await response.read()
+                limit, size, parts = self.options.max_response_bytes, 0, []
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProviderUnreachable(provider, f"{url} answered more than {limit} bytes")
+                    parts.append(chunk)
+        return response.headers, b"".join(parts)
+
+    async def get_json(
+        self, kind: ProviderKind, provider: str, url: str, *, headers: Mapping[str, str], time_left: float
+    ) -> Any:
+        """GET a free JSON route of a provider (``/v1/models``); non-2xx or non-JSON raises."""
+        _, body = await self.get(kind, provider, url, headers=headers, time_left=time_left)
         try:
             return json.loads(body)
         except (ValueError, RecursionError):

@@ -62,6 +62,9 @@ class VerifyOptions:
     # Share of TEE providers' responses checked; at 0 only those a caller asks to verify synchronously.
     sample_rate: float = 1.0
     verified_only: bool = False  # route only to providers whose recent responses verified
+    # With verified_only (set here or per request): also only providers whose TEE quote is attested
+    # (router.verify.attestation). Off, a failing attestation is shown and not acted on.
+    require_attestation: bool = False
     demote_for: float = 600.0  # seconds a provider is skipped after a failed verification
     retry_for: float = 10.0  # seconds to keep asking for a signature the broker has not stored yet
     lookup_timeout: float = 5.0  # one signature lookup

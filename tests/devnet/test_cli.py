@@ -105,7 +105,15 @@ class TestDevnetCommand:
             async with asyncio.timeout(START_TIMEOUT):
                 line = await process.stdout.readline()
             summary = json.loads(line)
-            assert set(summary) == {"rpc_url", "chain_id", "ledger", "inference", "user", "users", "providers"}
+            assert set(summary) == {
+                "rpc_url",
+                "chain_id",
+                "ledger",
+                "inference",
+                "user",
+                "users",
+                "providers",
+            }
             assert summary["chain_id"] == 31337
             assert (summary["ledger"], summary["inference"]) == (DEVNET.ledger, DEVNET.inference)
             assert summary["user"]["private_key"] == dev_private_key(USER_KEY_INDEX)

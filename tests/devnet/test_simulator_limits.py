@@ -155,11 +155,12 @@ class TestOverHttp:
     async def test_a_big_reply_locks_the_wallet_out_with_the_tpm_429(
         self, client: Client, stream: bool
     ) -> None:
-        """TPM 60 with a bucket of 30: a 42-token reply (2 prompt + 40 completion; a stream's when it
-        ends) leaves -12, so the next request gets the token 429 saying how long to wait."""
+        """TPM 60 with a bucket of 30: a 42-token reply (2 prompt + 40 completion, the model made to talk
+        until cut; a stream's when it ends) leaves -12, so the next request gets the token 429 saying how
+        long to wait."""
         limits = RateLimits(requests_per_minute=600, burst=10, tokens_per_minute=60, token_burst=30)
         async with simulator(client, limits=limits) as served:
-            first = await chat(client, served, max_tokens=40, stream=stream)
+            first = await chat(client, served, max_tokens=40, ignore_eos=True, stream=stream)
             await first.read()
             assert first.status == 200
             assert first.headers["x-ratelimit-limit-tokens"] == "60"

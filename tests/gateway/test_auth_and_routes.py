@@ -84,7 +84,14 @@ class TestAuthentication:
 
     @pytest.mark.parametrize(
         ("method", "path"),
-        [("GET", "/v1/models"), ("POST", "/v1/embeddings"), ("POST", "/v1/audio/transcriptions")],
+        [
+            ("GET", "/v1/models"),
+            ("GET", "/v1/models/model-r"),
+            ("GET", "/v1/providers"),
+            ("POST", "/v1/embeddings"),
+            ("POST", "/v1/images/edits"),
+            ("POST", "/v1/audio/transcriptions"),
+        ],
     )
     async def test_every_api_route_needs_the_key(self, serve: ServeFactory, method: str, path: str) -> None:
         """The model list and every endpoint refuse a caller without a key."""
@@ -143,7 +150,10 @@ class TestRoutes:
             ("PUT", "/v1/chat/completions"),
             ("DELETE", "/v1/embeddings"),
             ("GET", "/v1/audio/transcriptions"),
+            ("GET", "/v1/images/edits"),
             ("POST", "/v1/models"),
+            ("POST", "/v1/models/model-r"),
+            ("POST", "/v1/providers"),
             ("POST", "/healthz"),
         ],
     )

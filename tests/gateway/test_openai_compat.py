@@ -178,7 +178,7 @@ class TestTools:
         assert calls[0].type == "function"
         assert calls[0].function.name == "get_weather"
         assert calls[0].id.startswith("call_")
-        assert set(json.loads(calls[0].function.arguments)) == {"input"}
+        assert set(json.loads(calls[0].function.arguments)) == {"city"}
 
     async def test_streamed_tool_call(self, serve: ServeFactory) -> None:
         """A streamed tool call arrives as tool_call deltas and ends with finish_reason tool_calls."""
@@ -194,7 +194,7 @@ class TestTools:
         names = "".join(d.function.name or "" for d in deltas if d.function)
         arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
         assert names == "get_weather"
-        assert set(json.loads(arguments)) == {"input"}
+        assert set(json.loads(arguments)) == {"city"}
         finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finishes == ["tool_calls"]
         assert chunks[-1].usage is not None

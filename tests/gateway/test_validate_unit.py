@@ -211,6 +211,20 @@ BAD = [
         "must be a non-empty string, not ''",
     ),
     (
+        "tool-choice-required-without-tools",
+        Endpoint.CHAT,
+        {"tool_choice": "required"},
+        "tool_choice",
+        "is `required`, which needs `tools`",
+    ),
+    (
+        "tool-choice-names-a-missing-tool",
+        Endpoint.CHAT,
+        {"tools": [tool(name="f")], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+        "tool_choice.function.name",
+        "names 'g', which is not among `tools`",
+    ),
+    (
         "response-format-string",
         Endpoint.CHAT,
         {"response_format": "json"},
@@ -491,7 +505,7 @@ FULL_CHAT = {
     "stream": True,
     "stream_options": {"include_usage": True},
     "tools": [tool(name="look-2_x", description="d", parameters={"type": "object"}, strict=True)],
-    "tool_choice": {"type": "function", "function": {"name": "look"}},
+    "tool_choice": {"type": "function", "function": {"name": "look-2_x"}},
     "parallel_tool_calls": False,
     "response_format": {
         "type": "json_schema",
@@ -514,7 +528,11 @@ GOOD = [
         Endpoint.CHAT,
         {"max_tokens": None, "tools": None, "tool_choice": None, "response_format": None, "stream": None},
     ),
-    ("tool-choice-words", Endpoint.CHAT, {"tool_choice": "required", "stop": "\n"}),
+    (
+        "tool-choice-words",
+        Endpoint.CHAT,
+        {"tool_choice": "required", "tools": [tool(name="f")], "stop": "\n"},
+    ),
     ("json-object", Endpoint.CHAT, {"response_format": {"type": "json_object"}}),
     (
         # Tool kinds past functions, and more stops than OpenAI takes, are the provider's to judge.

@@ -10,7 +10,6 @@ import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
@@ -84,7 +83,7 @@ async def lanes_devnet(node_modules: NodeModules) -> AsyncIterator[Devnet]:
         yield devnet
 
 
-OpenRouter = Callable[..., Awaitable[tuple[Router, EventLog]]]
+OpenRouter = Callable[[int, DispatchOptions], Awaitable[tuple[Router, EventLog]]]
 
 
 @pytest.fixture
@@ -100,11 +99,9 @@ async def open_router(lanes_devnet: Devnet) -> AsyncIterator[OpenRouter]:
     try:
         async with AsyncExitStack() as stack:
 
-            async def start(
-                wallets: int, dispatch: DispatchOptions, **changes: Any
-            ) -> tuple[Router, EventLog]:
+            async def start(wallets: int, dispatch: DispatchOptions) -> tuple[Router, EventLog]:
                 log = EventLog()
-                config = RouterConfig.for_devnet(lanes_devnet, wallets=wallets, dispatch=dispatch, **changes)
+                config = RouterConfig.for_devnet(lanes_devnet, wallets=wallets, dispatch=dispatch)
                 router = await stack.enter_async_context(Router(config, observers=[log]))
                 assert len(router.wallets) == wallets
                 return router, log

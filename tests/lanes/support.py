@@ -51,9 +51,8 @@ async def chat_outcome(router: Router, **params: Any) -> tuple[Outcome, dict[str
         kind = "saturated" if isinstance(exc, Saturated) else "unavailable"
         return Outcome(kind, router.now() - started, exc.headers.get("Retry-After"), exc.message), None
     except RequestFailed as exc:
-        return Outcome(
-            "error", router.now() - started, None, f"{type(exc).__name__} {exc.status}: {exc}"
-        ), None
+        detail = f"{type(exc).__name__} {exc.status}: {exc}"
+        return Outcome("error", router.now() - started, None, detail), None
     return Outcome("ok", router.now() - started), reply
 
 

@@ -71,7 +71,7 @@ class TestTokenBudget:
         async def ask(index: int) -> Outcome:
             messages = [{"role": "user", "content": long_prompt(PROMPT_WORDS, index)}]
             outcome, reply = await chat_outcome(
-                router, model=LONG_MODEL, messages=messages, max_tokens=MAX_TOKENS
+                router, model=LONG_MODEL, messages=messages, max_tokens=MAX_TOKENS, ignore_eos=True
             )
             if reply is not None:
                 replies.append(reply)

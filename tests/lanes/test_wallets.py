@@ -11,7 +11,7 @@ import aiohttp
 
 from router.client import Router
 from router.config import DispatchOptions
-from router.devnet import Devnet
+from router.devnet import Devnet, DevnetProvider
 from router.observability.events import RequestFinished, WatcherProgress
 from tests.lanes.conftest import (
     ONE_WALLET_MODEL,
@@ -85,6 +85,18 @@ async def assert_books_match_chain(devnet: Devnet, router: Router, log: EventLog
             assert int(view["pending_refund"]) == account.pending_refund, where
 
 
+def settled(provider: DevnetProvider, wallets: list[str]) -> list[int]:
+    """What ``provider`` has settled on chain for each of ``wallets``, once nothing is left unsettled."""
+    bills = provider.simulator.billing.bills
+    assert all(bills[w.lower()].unsettled == 0 for w in wallets)
+    return [bills[w.lower()].settled for w in wallets]
+
+
+def booked(log: EventLog, provider: DevnetProvider) -> int:
+    """The cost a router booked for the requests ``provider`` served it."""
+    return sum(e.cost for e in log.of(RequestFinished) if e.provider == provider.address and e.cost)
+
+
 class TestWallets:
     async def test_three_wallets_serve_three_times_one_within_every_lanes_limits(
         self, lanes_devnet: Devnet, open_router: OpenRouter, http: aiohttp.ClientSession
@@ -140,3 +152,10 @@ class TestWallets:
         await asyncio.gather(*(provider.simulator.settle_now() for provider in lanes_devnet.providers))
         await assert_books_match_chain(lanes_devnet, one, one_log)
         await assert_books_match_chain(lanes_devnet, three, three_log)
+        # What each router booked for its requests is what the provider settled, wallet by wallet.
+        settled_one = settled(single, wallets[:1])
+        assert settled_one == [booked(one_log, single)]
+        assert settled_one[0] > 0
+        settled_three = settled(shared, wallets)
+        assert sum(settled_three) == booked(three_log, shared)
+        assert min(settled_three) > 0

@@ -245,7 +245,10 @@ class TestValidation:
             ("wallet_key_files = []", "wallet_key_files must list the wallets' key files (paths)"),
             ("wallet_key_files = [1, 2]", "wallet_key_files must list the wallets' key files (paths)"),
             ('wallet_key_files = [""]', "wallet_key_files must list the wallets' key files (paths)"),
-            ('wallet_key_files = "a.key"', "wallet_key_files must be a list of the wallets' key files (paths)"),
+            (
+                'wallet_key_files = "a.key"',
+                "wallet_key_files must be a list of the wallets' key files (paths)",
+            ),
         ],
     )
     def test_wallet_key_files_must_list_paths(self, tmp_path: Path, setting: str, message: str) -> None:

@@ -40,8 +40,14 @@ MODEL = "obs-chat"
 ROOMY = RateLimits(requests_per_minute=600, burst=10, max_concurrent=5)
 # Dear tokens (an output token costs 1e-6 0G), so one request's reserve (default_max_tokens of output)
 # is 0.004 0G or more.
+# The third also advertises token and image budgets (too large to bind), so their per-lane gauges have data.
+BUDGETED = RateLimits(
+    requests_per_minute=600, burst=10, max_concurrent=5, tokens_per_minute=10**8, images_per_minute=10**5
+)
 OBS_PROVIDERS = tuple(
-    ProviderSpec(model=MODEL, input_price=n * 10**11, output_price=n * 10**12, limits=ROOMY)
+    ProviderSpec(
+        model=MODEL, input_price=n * 10**11, output_price=n * 10**12, limits=BUDGETED if n == 3 else ROOMY
+    )
     for n in (1, 2, 3)
 )
 # The wallet starts with 2 0G at each provider: 1 0G available above the locked minimum, just over

@@ -30,6 +30,8 @@ _SIGNING = (
     "alter_after_signing",  # signs the true reply, sends an altered one (chat)
     "withhold_signature",  # stores no signature: the lookup answers chat_id_not_found
 )
+# Drawn per `GET /v1/quote`, also only when set: a quote from another TEE (one naming its own key).
+_QUOTE = ("wrong_quote",)
 ERROR_BODIES = {
     500: {"error": "Internal Server Error"},
     502: {"error": "Bad Gateway"},
@@ -55,11 +57,12 @@ class Faults:
     sign_wrong_key: float = 0.0
     alter_after_signing: float = 0.0
     withhold_signature: float = 0.0
+    wrong_quote: float = 0.0
     down: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (*_OUTCOMES, *_SIGNING):
+        for name in (*_OUTCOMES, *_SIGNING, *_QUOTE):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"fault {name} is a probability in [0, 1], got {value}")
@@ -111,6 +114,10 @@ class FaultPlan:
         if not any(getattr(self.faults, name) for name in _SIGNING):
             return None
         return self._pick(_SIGNING)
+
+    def draw_wrong_quote(self) -> bool:
+        """Whether this quote is another TEE's (``wrong_quote``)."""
+        return bool(self.faults.wrong_quote) and self._pick(_QUOTE) is not None
 
     def _pick(self, names: tuple[str, ...]) -> str | None:
         roll, threshold = self._random.random(), 0.0

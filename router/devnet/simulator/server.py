@@ -3,7 +3,8 @@
 Checks run in the broker's order with its statuses and bodies (protocol.md §4.2): the provider-wide caps
 (global concurrency, RPM, TPM: 503 with ``Retry-After``), body size (413), session token (400), per-wallet
 RPM, TPM or IPM, concurrency and KV budget (429; ``limits.py``), model (400), account and balance (400).
-Responses carry ``ZG-Res-Key``, ``Provider`` and ``x-ratelimit-*``; each is signed with the TEE key over
+Responses carry ``ZG-Res-Key``, ``Provider`` and ``x-ratelimit-*`` (``anthropic-ratelimit-*`` on the
+Anthropic route, whose 429 bodies are wrapped as Anthropic's errors); each is signed with the TEE key over
 ``sha256(request as forwarded):sha256(response bytes)`` and served by ``signature/{id}``. An admin port
 serves fault knobs, limits (both settable at runtime) and counters.
 """
@@ -31,7 +32,8 @@ from cachetools import TTLCache
 from router.chain.client import ChainClient
 from router.chain.devtools import SettlementStatus
 from router.chain.wallet import Wallet
-from router.devnet.simulator import payloads, synth
+from router.devnet.simulator import anthropic_messages, payloads, quote, synth
+from router.devnet.simulator.admin import GLOBAL_CAPS, admin_app
 from router.devnet.simulator.auth import SessionRejected, SessionValidator
 from router.devnet.simulator.billing import Billing, BillingRefused
 from router.devnet.simulator.faults import ERROR_BODIES, FaultPlan, Faults
@@ -53,8 +55,6 @@ SIGNATURE_TTL = 20 * 60.0
 _MAX_SIGNATURES = 100_000
 _SHUTDOWN_TIMEOUT = 0.5
 _VALIDATION_CONTEXT = "Provider proxy: handle proxied service, validate request: "
-# What the admin limits route takes besides RateLimits fields: the ProviderSpec's provider-wide caps.
-_GLOBAL_CAPS = ("max_global_concurrent", "global_requests_per_minute", "global_tokens_per_minute")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BilledHandler = Callable[[web.Request, Usage], Awaitable[web.StreamResponse]]
@@ -74,6 +74,7 @@ class _Call:
     chat_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     fault: str | None = None
     signing: str | None = None
+    anthropic: bool = False  # an Anthropic route: its errors and rate-limit headers are Anthropic's
 
     @property
     def headers(self) -> dict[str, str]:
@@ -151,16 +152,24 @@ class ProviderSimulator:
             "chat/completions": (payloads.chat, self._produce_chat),
             "embeddings": (payloads.embeddings, self._produce_embeddings),
             "images/generations": (payloads.images, self._produce_images),
+            "images/edits": (payloads.image_edits, self._produce_image_edits),
             "audio/transcriptions": (payloads.transcription, self._produce_transcription),
         }
+        if self.spec.anthropic:
+            # Only a model that speaks Anthropic's API natively; on others the route is unsupported.
+            routes["messages"] = (payloads.chat, self._produce_messages)
         for route, (parse, produce) in routes.items():
-            handler = self._guarded(functools.partial(self._billed, parse=parse, produce=produce))
+            billed = functools.partial(
+                self._billed, parse=parse, produce=produce, anthropic=route == "messages"
+            )
+            handler = self._guarded(billed)
             # A redundant /v1 after the prefix is tolerated, as the broker does.
             app.router.add_post(f"/v1/proxy/{route}", handler)
             app.router.add_post(f"/v1/proxy/v1/{route}", handler)
         app.router.add_get("/v1/proxy/signature/{chat_id}", self._signature)
         app.router.add_get("/v1/proxy/v1/signature/{chat_id}", self._signature)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/quote", self._quote)
         app.router.add_get("/v1/user/{user}/unsettledfee", self._unsettled_fee)
         app.router.add_route("*", "/v1/proxy/{tail:.*}", self._unsupported)
         # Closing does not wait for slow (fault-delayed) requests: a provider that goes away just goes.
@@ -170,13 +179,7 @@ class ProviderSimulator:
         await self._site.start()
         self._port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{self._port}"
-        admin = web.Application()
-        admin.router.add_get("/admin/faults", self._get_faults)
-        admin.router.add_post("/admin/faults", self._set_faults)
-        admin.router.add_get("/admin/stats", self._get_stats)
-        admin.router.add_get("/admin/limits", self._get_limits)
-        admin.router.add_post("/admin/limits", self._set_limits)
-        self._admin = web.AppRunner(admin, access_log=None)
+        self._admin = web.AppRunner(admin_app(self), access_log=None)
         await self._admin.setup()
         await web.TCPSite(self._admin, "127.0.0.1", 0).start()
         self.admin_url = f"http://127.0.0.1:{self._admin.addresses[0][1]}"
@@ -223,15 +226,15 @@ class ProviderSimulator:
         provider-wide caps ``max_global_concurrent``, ``global_requests_per_minute`` and
         ``global_tokens_per_minute``; raises ConfigError on unknown names or bad values. Buckets keep their
         levels. Returns the new spec (``/v1/models`` advertises it)."""
-        known = [*RateLimits().as_dict(), *_GLOBAL_CAPS]
+        known = [*RateLimits().as_dict(), *GLOBAL_CAPS]
         unknown = sorted(set(changes) - set(known))
         if unknown:
             raise ConfigError(f"unknown limits: {', '.join(unknown)}; known: {', '.join(known)}")
-        caps = {name: changes[name] for name in _GLOBAL_CAPS if name in changes}
+        caps = {name: changes[name] for name in GLOBAL_CAPS if name in changes}
         for name, value in caps.items():
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{name} takes a whole number")
-        limits = self.spec.limits.updated({k: v for k, v in changes.items() if k not in _GLOBAL_CAPS})
+        limits = self.spec.limits.updated({k: v for k, v in changes.items() if k not in GLOBAL_CAPS})
         spec = replace(self.spec, limits=limits, **caps)
         self.spec = spec
         self.limits.reconfigure(spec.limits)
@@ -283,9 +286,10 @@ class ProviderSimulator:
         return guarded
 
     async def _billed(
-        self, request: web.Request, usage: Usage, parse: Parser, produce: Producer
+        self, request: web.Request, usage: Usage, parse: Parser, produce: Producer, *, anthropic: bool
     ) -> web.StreamResponse:
-        """The broker's checks for every billed route, then the route's producer."""
+        """The broker's checks for every billed route, then the route's producer. On an ``anthropic``
+        route the rate-limit headers and the 429 bodies are as the broker sends them there."""
         body = await request.read()
         try:
             user = await self.validator.validate(request.headers.get("Authorization"))
@@ -293,8 +297,11 @@ class ProviderSimulator:
             return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
         # Parsed before the limits only to weigh it for the KV budget; a bad body is refused after them.
         payload = parse(body, request.headers.get("Content-Type", ""))
-        kv_tokens = _in_flight_tokens(payload) if self.limits.limits_for(user).kv_token_budget else 1
+        kv_budget = self.limits.limits_for(user).kv_token_budget
+        kv_tokens = _in_flight_tokens(payload, anthropic=anthropic) if kv_budget else 1
         rate_headers = self.limits.headers(user)
+        if anthropic:
+            rate_headers = anthropic_messages.rate_headers(rate_headers)
         try:
             with self.limits.admit(user, usage, kv_tokens=kv_tokens):
                 if isinstance(payload, str):
@@ -308,9 +315,11 @@ class ProviderSimulator:
                 except BillingRefused as exc:
                     return self._refuse(400, {"error": _VALIDATION_CONTEXT + str(exc)})
                 call = _Call(request, body, payload, user, rate_headers, self.address, usage)
+                call.anthropic = anthropic
                 return await self._faulty(request, produce, call)
         except LimitExceeded as exc:
-            return self._refuse(429, exc.body, rate_headers)
+            refused = anthropic_messages.error_body(exc.body) if anthropic else exc.body
+            return self._refuse(429, refused, rate_headers)
 
     async def _faulty(self, request: web.Request, produce: Producer, call: _Call) -> web.StreamResponse:
         """Apply this request's drawn fault: early ones here, in-body ones in the producer."""
@@ -326,6 +335,7 @@ class ProviderSimulator:
             return self._refuse(status, ERROR_BODIES[status])
         if call.fault == "rate_limit_storm":
             storm = {"error": {"type": "rate_limit_error", "message": "Rate limit exceeded."}}
+            storm = anthropic_messages.error_body(storm) if call.anthropic else storm
             return self._refuse(429, storm, call.rate_headers)
         self.stats.served += 1
         call.usage.served = True
@@ -353,9 +363,33 @@ class ProviderSimulator:
             stream_headers = {**call.headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
             return await self._stream(call, events, stream_headers, forwarded)
         out = json.dumps(synth.response_body(completion, chat_id=chat_id, model=self.spec.model)).encode()
-        if fault == "malformed_json":
+        return await self._whole(call, out, forwarded)
+
+    async def _produce_messages(self, call: _Call) -> web.StreamResponse:
+        """Anthropic's Messages API, billed, limited and signed as chat is."""
+        payload = call.payload
+        if (refusal := anthropic_messages.rejection(payload)) is not None:
+            return self._refuse(400, refusal)
+        prepared = {**payload, "model": self.spec.model}
+        forwarded = call.body if prepared == payload else json.dumps(prepared).encode()
+        completion = anthropic_messages.complete(prepared)
+        self.billing.charge(call.user, completion.prompt_tokens, completion.completion_tokens)
+        call.usage.tokens += completion.prompt_tokens + completion.completion_tokens
+        message_id, model = f"msg_{call.chat_id}", self.spec.model
+        if payload.get("stream"):
+            events = anthropic_messages.stream_events(completion, message_id=message_id, model=model)
+            if call.fault == "malformed_json":
+                events[1] = b"event: ping\ndata: {not json\n\n"
+            stream_headers = {**call.headers, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+            return await self._stream(call, events, stream_headers, forwarded)
+        out = json.dumps(anthropic_messages.message_body(completion, message_id=message_id, model=model))
+        return await self._whole(call, out.encode(), forwarded)
+
+    async def _whole(self, call: _Call, out: bytes, forwarded: bytes) -> web.StreamResponse:
+        """A whole JSON reply, signed over ``forwarded``, with this request's in-body fault applied."""
+        if call.fault == "malformed_json":
             out = out[: len(out) // 2]
-        if fault in ("drop_mid_stream", "stall_body"):
+        if call.fault in ("drop_mid_stream", "stall_body"):
             # Headers and half the body go out; then the connection drops or the rest never comes.
             json_headers = {
                 **call.headers,
@@ -376,8 +410,14 @@ class ProviderSimulator:
         return web.Response(body=out, headers={**call.headers, "Content-Type": "application/json"})
 
     async def _produce_images(self, call: _Call) -> web.StreamResponse:
-        pictures = synth.images(call.payload)
-        # Billed per image at the output price (protocol.md §4.5).
+        return self._images_reply(call, synth.images(call.payload))
+
+    async def _produce_image_edits(self, call: _Call) -> web.StreamResponse:
+        return self._images_reply(call, synth.edited_images(call.payload))
+
+    def _images_reply(self, call: _Call, pictures: list[bytes]) -> web.Response:
+        """Generated or edited images: billed per image at the output price (protocol.md §4.5), counted
+        against the IPM bucket, served base64-encoded (the broker asks its model server for b64_json)."""
         self.billing.charge(call.user, 0, len(pictures))
         call.usage.images += len(pictures)
         data = [{"b64_json": base64.b64encode(p).decode()} for p in pictures]
@@ -444,6 +484,13 @@ class ProviderSimulator:
             return web.json_response({"error": "chat_id_not_found"}, status=400)
         return web.json_response(entry)
 
+    async def _quote(self, request: web.Request) -> web.Response:
+        # `legacy=false` asks for the newer layout; a broker that has not built one answers the legacy
+        # quote, as this one always does. A `wrong_quote` is another TEE's: it names and signs its key.
+        signer = _IMPOSTOR if self.faults.draw_wrong_quote() else self._tee_signer
+        body, headers = quote.quote_reply(signer)
+        return web.Response(body=body, headers=headers, content_type="text/plain", charset="utf-8")
+
     async def _models(self, request: web.Request) -> web.Response:
         cfg = self.spec
         # The route has no auth: it advertises the defaults, never a wallet's override.
@@ -455,6 +502,7 @@ class ProviderSimulator:
             "context_length": cfg.context_length,
             "pricing": {"prompt": str(cfg.input_price), "completion": str(cfg.output_price)},
             "verifiability": cfg.verifiability,
+            "supported_formats": ["openai", "anthropic"] if cfg.anthropic else ["openai"],
             "tee_attested": True,
             "rate_limits": {
                 "requests_per_minute": limits.requests_per_minute,
@@ -480,60 +528,6 @@ class ProviderSimulator:
             return web.json_response({"error": "you can only query your own unsettled fee"}, status=403)
         return web.json_response({"userAddress": user, "unsettledFee": str(self.billing.unsettled(user))})
 
-    # -- admin routes (own port, so they answer while the provider is "down") ----------------------
-
-    async def _get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response(self.faults.faults.as_dict())
-
-    async def _set_faults(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-        except ValueError:
-            changes = None
-        if not isinstance(changes, dict):
-            return web.json_response({"error": "the body must be a JSON object of knob values"}, status=400)
-        try:
-            faults = self.faults.faults.updated(changes)
-        except ConfigError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        await self.set_faults(faults)
-        return web.json_response(faults.as_dict())
-
-    async def _get_stats(self, request: web.Request) -> web.Response:
-        stats, provider_wide = self.stats, self.global_limits
-        return web.json_response(
-            {
-                "served": stats.served,
-                "refused": {str(k): v for k, v in stats.refused.items()},
-                "in_flight": provider_wide.in_flight,
-                "peak_global_in_flight": provider_wide.peak_in_flight,
-                "global_rejections": dict(provider_wide.rejections),
-                "peak_in_flight_per_wallet": self.limits.peak_in_flight,
-                "wallets": {user: c.as_dict() for user, c in self.limits.counters().items()},
-                "settlement_errors": stats.settlement_errors,
-            }
-        )
-
-    async def _get_limits(self, request: web.Request) -> web.Response:
-        return web.json_response(self._limits_view())
-
-    async def _set_limits(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-        except ValueError:
-            changes = None
-        if not isinstance(changes, dict):
-            return web.json_response({"error": "the body must be a JSON object of limit values"}, status=400)
-        try:
-            self.set_limits(changes)
-        except ConfigError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(self._limits_view())
-
-    def _limits_view(self) -> dict[str, Any]:
-        """The limits in force, flat: what ``POST /admin/limits`` takes."""
-        return {**self.spec.limits.as_dict(), **{name: getattr(self.spec, name) for name in _GLOBAL_CAPS}}
-
     async def _unsupported(self, request: web.Request) -> web.Response:
         return self._refuse(400, {"error": "endpoint not supported"})
 
@@ -548,16 +542,23 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _in_flight_tokens(payload: Payload | str) -> int:
+def _in_flight_tokens(payload: Payload | str, *, anthropic: bool = False) -> int:
     """What a request holds of its wallet's KV budget: its prompt tokens plus the most it may generate
-    (the simulator generates exactly its ``max_tokens``, or the default)."""
+    (its ``max_tokens`` for each choice, or what it will generate when it sets none)."""
     if isinstance(payload, str):
         return 1
     if isinstance(payload.get("messages"), list):
-        if synth.rejection(payload) is not None:
+        if anthropic:
+            if anthropic_messages.rejection(payload) is not None:
+                return 1
+            completion = anthropic_messages.complete(payload)
+        elif synth.rejection(payload) is not None:
             return 1
-        completion = synth.complete(payload)
-        return completion.prompt_tokens + completion.completion_tokens
+        else:
+            completion = synth.complete(payload)
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or 0
+        most = max(completion.completion_tokens, limit * len(completion.choices))
+        return completion.prompt_tokens + most
     if isinstance(payload.get("input"), list):
         return sum(max(1, len(str(text).split())) for text in payload["input"])
     return 1
