@@ -122,6 +122,11 @@ def parse_body(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> R
 def parse_json(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Request:
     """A JSON request off the wire: decoded, then checked as ``parse_payload`` checks it. Raises
     ``InvalidRequest`` (400) for a body that is not a JSON object or a request that is wrong."""
+    return _checked(endpoint, json_body(body), headers, body)
+
+
+def json_body(body: bytes) -> dict[str, Any]:
+    """A client's body decoded as a JSON object, or ``InvalidRequest`` (400) saying what it is not."""
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
@@ -132,7 +137,7 @@ def parse_json(endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> R
         raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    return _checked(endpoint, payload, headers, body)
+    return payload
 
 
 def parse_payload(

@@ -30,12 +30,12 @@ from router.anthropic.validate import validate_request
 from router.client import Router
 from router.core import Request, Response, receipt_headers, request_id
 from router.endpoints import Endpoint
-from router.errors import AllAttemptsFailed, InvalidRequest, RequestFailed, Unauthorized, UpstreamRejected
+from router.errors import AllAttemptsFailed, RequestFailed, Unauthorized, UpstreamRejected
 from router.policy.outcome import json_object
 from router.policy.select import parse_preferences
 from router.replies import Reply, StreamReply
 from router.request import Request as Parsed
-from router.request import parse_payload, verify_mode
+from router.request import json_body, parse_payload, verify_mode
 from router.wire import bearer_matches
 
 NATIVE_FORMAT = "anthropic"
@@ -79,7 +79,7 @@ class MessagesRoute:
 
     async def _serve(self, request: Request, rid: str) -> Response:
         router = self._router
-        payload = _decoded(await request.read())
+        payload = json_body(await request.read())
         validate_request(payload)
         model = payload["model"]
         # No provider at all counts as native too: dispatch then says why, naming this route.
@@ -164,20 +164,6 @@ def _receipts(rid: str, attempts: int, reply: Reply | StreamReply | None = None)
     # Anthropic's own name for it, which its SDK shows as `_request_id`.
     headers["request-id"] = rid
     return headers
-
-
-def _decoded(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidRequest("the request body is nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return payload
 
 
 def _translated(reply: Reply, model: str, stop_sequences: Sequence[str]) -> bytes:
