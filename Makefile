@@ -4,16 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 # Debian's packages the tests need beyond Python and Node: Prometheus (its server and promtool) checks
-# the metrics and runs every dashboard query.
-APT_TOOLS := prometheus
+# the metrics and runs every dashboard query; redis-server is the Redis the shared-state tests (and
+# `make bench-shared`) start on a loopback port of their own.
+APT_TOOLS := prometheus redis-server
+# The command each package provides: any one missing installs them all.
+APT_COMMANDS := prometheus promtool redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup tools test lint demo bench clean
+.PHONY: setup tools test lint demo bench bench-shared clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
 tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@(for tool in $(APT_COMMANDS); do command -v $$tool >/dev/null || exit 1; done) || { \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_TOOLS); }
 
@@ -50,6 +53,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench.py
+
+# The gateway admitting through Redis against the same gateway in memory (bench/shared.py).
+bench-shared: setup tools
+	$(BIN)/python bench/shared.py
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -167,13 +167,16 @@ async def wait_listening(process: asyncio.subprocess.Process, url: str, path: st
 
 
 async def start_gateway(
-    devnet: Devnet, config_dir: Path, *, sample_rate: float
+    devnet: Devnet, config_dir: Path, *, sample_rate: float, extra_config: str = ""
 ) -> tuple[asyncio.subprocess.Process, str, str]:
     """A ``zg-router serve`` process, its URL and its metrics URL; ``sample_rate`` is the share of
-    responses TEE-verified."""
+    responses TEE-verified, ``extra_config`` more TOML tables for its config (bench/shared.py's
+    ``[shared]``)."""
     port, metrics_port = free_port(), free_port()
-    config = config_dir / f"bench-{sample_rate}.toml"
-    config.write_text(f"[transport]\nallow_private_targets = true\n[verify]\nsample_rate = {sample_rate}\n")
+    config = config_dir / f"bench-{port}.toml"
+    config.write_text(
+        f"[transport]\nallow_private_targets = true\n[verify]\nsample_rate = {sample_rate}\n{extra_config}"
+    )
     env = {
         **os.environ,
         "ZG_ROUTER_NETWORK": "devnet",

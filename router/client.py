@@ -22,17 +22,19 @@ from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from router.config import RouterConfig
 from router.discovery import ALLOW_PRIVATE_TARGETS, Discovery, Prober, static_infos
 from router.dispatch import Dispatcher
-from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError, clipped
-from router.money.report import balance_report, providers_report
+from router.errors import AllAttemptsFailed, ConfigError, InvalidRequest, RouterError
+from router.money import views
+from router.money.report import providers_report
 from router.observability.events import BreakerChanged, Event, Observer, RpcFailed
 from router.pool.accounting import Accounts
 from router.pool.admission import Admission
-from router.pool.capacity import MemoryCapacity
+from router.pool.capacity import Capacity, MemoryCapacity
 from router.pool.catalog import model_catalog
 from router.pool.holds import AccountHolds
 from router.pool.providers import Exclusion, Lane, Pool, ProviderKind
 from router.replies import Reply, StreamReply
 from router.request import Call, Endpoint, Request, parse_payload
+from router.shared.leader import Leadership
 from router.transport.base import ProviderTransport
 from router.transport.http import HttpTransport
 from router.types import TxResult
@@ -43,13 +45,12 @@ from router.verify.warmup import TrustWarmup
 if TYPE_CHECKING:
     import openai
 
-    from router.chain.client import ChainClient
     from router.chain.networks import Network
-    from router.chain.session import SessionTokens
     from router.chain.wallet import Wallet
     from router.core import Core
     from router.embed.thread import LoopThread
     from router.money.wallets import WalletServices
+    from router.shared.store import SharedStore
 
 
 class Router:
@@ -72,6 +73,8 @@ class Router:
         self._dispatcher: Dispatcher | None = None
         self._admission: Admission | None = None
         self._wallets: tuple[WalletServices, ...] = ()
+        self._store: SharedStore | None = None  # with [shared] redis_url: what the replicas share
+        self._leadership: Leadership | None = None
         self._verifier: Verifier | None = None
         self._core: Core | None = None  # the in-process faces' (router.embed), made on first use
         self._thread: LoopThread | None = None
@@ -110,7 +113,12 @@ class Router:
         clock = asyncio.get_running_loop().time
         keys = config.wallet_keys if config.network is not None else ()
         wallets = _wallets_of(keys)
-        capacity = MemoryCapacity(clock=clock, rate_margin=config.dispatch.rate_margin)
+        background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        capacity: Capacity
+        if config.shared.enabled:
+            capacity = await self._open_store(clock, background)
+        else:
+            capacity = MemoryCapacity(clock=clock, rate_margin=config.dispatch.rate_margin)
         pool = Pool(
             config.health,
             clock=clock,
@@ -125,7 +133,7 @@ class Router:
         admission = await self._stack.enter_async_context(Admission(capacity, clock=clock))
         self._pool, self._admission = pool, admission
         verifier = self._verifier = Verifier(transport, config.verify, self.emit, clock=clock)
-        background: list[Callable[[], Coroutine[Any, Any, None]]] = [
+        background += [
             functools.partial(Prober(pool, transport, config.discovery, self.emit).run, admission.wake),
             verifier.run,
         ]
@@ -163,6 +171,23 @@ class Router:
         # Runs before the TaskGroup's exit (the stack unwinds in reverse); the group then awaits them.
         self._stack.callback(lambda: [task.cancel() for task in running])
 
+    async def _open_store(
+        self, clock: Callable[[], float], background: list[Callable[[], Coroutine[Any, Any, None]]]
+    ) -> Capacity:
+        """The Redis the replicas share (``[shared]``), and lane capacity counted there. Imported here:
+        without Redis, redis-py is never loaded."""
+        from router.shared.capacity import RedisCapacity
+        from router.shared.store import SharedStore
+
+        store = self._store = await self._stack.enter_async_context(
+            SharedStore(self.config.shared, emit=self.emit)
+        )
+        capacity = RedisCapacity(store, clock=clock, rate_margin=self.config.dispatch.rate_margin)
+        # Unwound after the background tasks end, before the store closes: pending releases go out.
+        self._stack.push_async_callback(capacity.aclose)
+        background += [store.run, capacity.run]
+        return capacity
+
     async def _open_chain(
         self,
         network: Network,
@@ -185,6 +210,17 @@ class Router:
             for wallet in wallets
         ]
         tokens = [SessionTokens(chain) for chain in chains]
+        store = self._store
+        if store is not None:
+            leadership = self._leadership = Leadership(
+                store,
+                self.config.shared,
+                emit=self.emit,
+                clock=admission.now,
+                elected=self._take_lead,
+                duties=self._lead,
+            )
+            self._stack.push_async_callback(leadership.aclose)
 
         async def warm(provider: str) -> None:
             await asyncio.gather(*(t.authorization(provider) for t in tokens))
@@ -201,77 +237,60 @@ class Router:
         await discovery.refresh()
         if discovery.refused_private:
             self._refused_at_open(network, discovery.refused_private, pool)
+        from router.money.wallets import follow, open_wallet
+
         self._wallets = tuple(
             await asyncio.gather(
                 *(
-                    self._open_wallet(network, chain, token, pool, transport, admission)
+                    open_wallet(
+                        self.config,
+                        network,
+                        chain,
+                        token,
+                        pool,
+                        transport,
+                        clock=admission.now,
+                        emit=self.emit,
+                        on_funded=self._funded,
+                        shared=(store, self._leadership) if store and self._leadership else None,
+                    )
                     for chain, token in zip(chains, tokens, strict=True)
                 )
             )
         )
         background: list[Callable[[], Coroutine[Any, Any, None]]] = [discovery.run]
+        if self._leadership is None:
+            for services in self._wallets:
+                background += [services.balances.run, services.watcher.run, services.funder.run]
+            return background
+        assert store is not None
+        store.subscribe(store.key("wake", "funder"), self._woken)
+        if not await self._leadership.start():
+            for services in self._wallets:
+                await follow(services)
+        background.append(self._leadership.run)
         for services in self._wallets:
-            background += [services.balances.run, services.watcher.run, services.funder.run]
+            assert services.book is not None
+            background.append(services.book.run)
+            # Its last round after the background tasks end (and before the lease goes): what this
+            # replica spent, and as the leader the book and settlements, reach the others.
+            self._stack.push_async_callback(services.book.load)
         return background
 
-    async def _open_wallet(
-        self,
-        network: Network,
-        chain: ChainClient,
-        tokens: SessionTokens,
-        pool: Pool,
-        transport: ProviderTransport,
-        admission: Admission,
-    ) -> WalletServices:
-        """One wallet's book, balance sync, funder and watcher, synced and funded before the router
-        opens: new providers get their first funds before the first request."""
-        from router.money.balances import BalanceSync
-        from router.money.funder import Funder
-        from router.money.wallets import WalletServices
-        from router.money.watcher import SettlementWatcher
+    async def _take_lead(self) -> None:
+        await asyncio.gather(*(services.take_lead() for services in self._wallets))
 
-        config = self.config
-        money = config.money
-        assert chain.wallet is not None
-        user = chain.wallet.address
-        accounts = Accounts(low_water=money.fund_below_neuron)
-        funder = Funder(
-            chain,
-            accounts,
-            pool,
-            money,
-            user=user,
-            clock=admission.now,
-            emit=self.emit,
-            on_funded=functools.partial(self._funded, user),
-        )
-        accounts.on_low = funder.wake
-        balances = BalanceSync(
-            chain,
-            transport,
-            pool,
-            accounts,
-            user=user,
-            interval=money.balance_interval,
-            authorize=tokens.authorization,
-            timeout=config.discovery.models_timeout,
-            emit=self.emit,
-            on_synced=funder.wake,
-        )
-        await balances.sync()
-        await funder.cycle()
-        watcher = SettlementWatcher(
-            chain,
-            accounts,
-            user=user,
-            start_block=balances.block + 1,
-            confirmations=network.confirmations,
-            interval=money.watch_interval,
-            emit=self.emit,
-            on_settled=lambda _provider: balances.ask(),
-            on_resync=balances.ask,
-        )
-        return WalletServices(user, chain, tokens, accounts, balances, watcher, funder)
+    async def _lead(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for services in self._wallets:
+                tasks.create_task(services.lead())
+
+    def _woken(self, wallet: str) -> None:
+        """A follower asked the leader's funder to look at ``wallet`` (``P:wake:funder``)."""
+        services = self._wallet_of(wallet)
+        if services is not None and self._leadership is not None and self._leadership.is_leader:
+            services.balances.ask()
+            services.funder.wake()
 
     @staticmethod
     def _refused_at_open(network: Network, refused: int, pool: Pool) -> None:
@@ -305,6 +324,11 @@ class Router:
     def queued(self) -> int:
         """Requests waiting in the admission queue for a provider slot."""
         return self._admission.queued if self._admission is not None else 0
+
+    @property
+    def leadership(self) -> Leadership | None:
+        """With ``[shared] redis_url`` and a network: whether this replica leads (and its fence)."""
+        return self._leadership
 
     @property
     def wallets(self) -> tuple[WalletServices, ...]:
@@ -497,11 +521,7 @@ class Router:
     def balances(self) -> dict[str, Any]:
         """``{"wallets": [...]}``: for each wallet, in config order, its ledger, every sub-account
         (balance, available, unsettled, pending refund, funding state) and its funding alerts."""
-        return {
-            "wallets": [
-                balance_report(w.accounts, w.address, w.watcher.cursor - 1) for w in self._money_wallets()
-            ]
-        }
+        return views.balances(self._wallets)
 
     def providers(self) -> list[dict[str, Any]]:
         """Every provider: models, prices, limits, health, in-flight, exclusions and each wallet's balance
@@ -514,11 +534,8 @@ class Router:
         router of one wallet needs none. Raises ``ChainError`` if the chain refuses, ``InvalidRequest``:
         400 for no ``wallet`` when there are several, 404 for a wallet that is not configured
         (``wallet_not_found``) or a provider that is neither in the pool nor one the wallet holds a
-        sub-account at."""
-        services = self._wallet(wallet, "fund from")
-        if not 0 < amount < 2**256:
-            raise InvalidRequest(f"cannot fund {amount} neuron: the amount must be positive", param="amount")
-        return await services.funder.fund(provider, amount)
+        sub-account at; 409 ``not_leader`` on a replica that is not the leader of those sharing Redis."""
+        return await views.fund(self._wallets, self._leadership, provider, amount, wallet)
 
     async def refund(
         self, providers: Sequence[str] | None = None, *, wallet: str | None = None
@@ -528,61 +545,20 @@ class Router:
         ``providers`` (default: every one it holds); with no ``wallet``, every wallet refunds those of
         ``providers`` it holds a sub-account at (default: all of them). Returns each wallet's
         transactions by its address. ``InvalidRequest`` (404), and nothing sent, for a wallet that is not
-        configured or a provider no wallet knows (neither in the pool nor holding our sub-account)."""
-        targets = (self._wallet(wallet, "refund"),) if wallet is not None else self._money_wallets()
-        if providers is not None and wallet is None:
-            unknown = [p for p in providers if not any(w.funder.known(p) for w in targets)]
-            if unknown:
-                names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
-                more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-                raise InvalidRequest(
-                    f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
-                    status=404,
-                    code="provider_not_found",
-                    param="providers",
-                )
-        results: dict[str, list[TxResult]] = {}
-        for services in targets:
-            held = {a.provider.lower(): a.provider for a in services.accounts if a.exists}
-            if providers is None:
-                picked = list(held.values())
-            elif wallet is not None:
-                picked = list(providers)
-            else:
-                picked = [p for p in providers if p.lower() in held]
-            results[services.address] = await services.funder.drain(picked) if picked else []
-        return results
-
-    def _money_wallets(self) -> tuple[WalletServices, ...]:
-        if not self._wallets:
-            raise ConfigError("this router has no wallet: money needs a network and a private key")
-        return self._wallets
-
-    def _wallet(self, wallet: str | None, action: str) -> WalletServices:
-        """The configured wallet ``wallet`` names (any case), or the only one when it is None."""
-        wallets = self._money_wallets()
-        addresses = ", ".join(w.address for w in wallets)
-        if wallet is None:
-            if len(wallets) == 1:
-                return wallets[0]
-            raise InvalidRequest(
-                f"this router has {len(wallets)} wallets: name the one to {action} in `wallet` ({addresses})",
-                param="wallet",
-            )
-        found = self._wallet_of(wallet)
-        if found is None:
-            raise InvalidRequest(
-                f"{clipped(wallet, 42, quote=False)} is not a wallet of this router; it has {addresses}",
-                status=404,
-                code="wallet_not_found",
-                param="wallet",
-            )
-        return found
+        configured or a provider no wallet knows (neither in the pool nor holding our sub-account); 409
+        ``not_leader`` on a replica that is not the leader of those sharing Redis."""
+        return await views.refund(self._wallets, self._leadership, providers, wallet)
 
     def _wallet_of(self, address: str) -> WalletServices | None:
-        """The services of the configured wallet at ``address`` (any case)."""
-        key = address.lower()
-        return next((w for w in self._wallets if w.address.lower() == key), None)
+        return views.wallet_of(self._wallets, address)
+
+    def shared_status(self) -> dict[str, Any] | None:
+        """``{"mode": "shared"|"local", "replicas": N, "leader": bool}`` with ``[shared] redis_url``
+        (``leader``: this replica runs the funder, balance sync and watcher), else None."""
+        if self._store is None:
+            return None
+        leading = self._leadership is not None and self._leadership.is_leader
+        return {**self._store.status(), "leader": leading}
 
     def _unfunded(self, wallet: str, provider_id: str) -> None:
         """``provider_id`` said ``wallet``'s balance there is too low: re-read that wallet's balances (the
@@ -590,7 +566,7 @@ class Router:
         services = self._wallet_of(wallet)
         if services is not None:
             services.balances.ask()
-            services.funder.wake()
+            services.wake_funder()
 
     def _funded(self, wallet: str, provider: str) -> None:
         """``wallet``'s sub-account at ``provider`` was funded: its lane there serves again."""

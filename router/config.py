@@ -23,6 +23,7 @@ from router.keys import SEVERAL_HINT, check_wallet_keys, wallet_keys
 from router.policy.select import Strategy
 from router.pool.health import HealthPolicy
 from router.pool.limits import ProviderLimits
+from router.shared.options import SharedOptions
 from router.transport.http import TransportOptions
 from router.types import NEURON_PER_0G
 from router.verify.verifier import VerifyOptions
@@ -188,6 +189,7 @@ class RouterConfig:
     health: HealthPolicy = field(default_factory=HealthPolicy)
     money: MoneyOptions = field(default_factory=MoneyOptions)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
+    shared: SharedOptions = field(default_factory=SharedOptions)
 
     def __post_init__(self) -> None:
         if self.network is None and not self.static_upstreams:
@@ -416,6 +418,7 @@ _TOP_KEYS = {
     "health",
     "money",
     "verify",
+    "shared",
     "upstreams",
 }
 
@@ -452,6 +455,7 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         health=_section(HealthPolicy, data.get("health", {}), "health"),
         money=_section(MoneyOptions, data.get("money", {}), "money"),
         verify=_section(VerifyOptions, data.get("verify", {}), "verify"),
+        shared=_section(SharedOptions, _shared_table(data, env), "shared"),
     )
     gateway_data = dict(_table(data.get("gateway", {}), "gateway"))
     if "ZG_ROUTER_API_KEYS" in env:
@@ -470,6 +474,13 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[RouterConfig
         origins = env["ZG_ROUTER_CORS_ORIGINS"].split(",")
         gateway_data["cors_origins"] = [o.strip() for o in origins if o.strip()]
     return router, _section(GatewayConfig, gateway_data, "gateway")
+
+
+def _shared_table(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    shared = dict(_table(data.get("shared", {}), "shared"))
+    if env.get("ZG_ROUTER_REDIS_URL"):
+        shared["redis_url"] = env["ZG_ROUTER_REDIS_URL"]
+    return shared
 
 
 def _network(data: Mapping[str, Any], env: Mapping[str, str]) -> Network | None:

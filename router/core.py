@@ -229,11 +229,15 @@ class Core:
         now = router.now()
         providers = list(router.pool)
         available = sum(1 for state in providers if state.available(now))
-        body = {
+        body: dict[str, Any] = {
             "status": "ready" if available else "not_ready",
             "providers": len(providers),
             "available": available,
         }
+        shared = router.shared_status()
+        if shared is not None:
+            # Said, not judged: a replica counting locally while Redis is away still serves.
+            body["shared"] = shared
         return Response(200 if available else 503, {"Content-Type": _JSON}, json.dumps(body).encode())
 
 

@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 
 CHAIN_SIDE = ("web3", "eth_account", "router.chain")
+# Sharing state between replicas: redis-py loads only with a Redis URL configured.
+SHARED_SIDE = ("redis", "router.shared.store")
 # The gateway's metrics: a router used as a library does not need them.
 GATEWAY_ONLY = ("prometheus_client",)
 
@@ -31,12 +33,12 @@ def loaded_after(code: str, *modules: str) -> dict[str, object]:
 
 def test_the_public_names_load_no_chain_side() -> None:
     """``import router`` and ``from router import Router, RouterConfig`` (and the option classes) load
-    neither web3 nor eth_account, nor the gateway's prometheus_client."""
+    neither web3 nor eth_account, nor the gateway's prometheus_client, nor redis-py."""
     code = """
         import router
         from router import Router, RouterConfig, StaticUpstream, TransportOptions, DispatchOptions
     """
-    assert loaded_after(code, *CHAIN_SIDE, *GATEWAY_ONLY)["loaded"] == []
+    assert loaded_after(code, *CHAIN_SIDE, *GATEWAY_ONLY, *SHARED_SIDE)["loaded"] == []
 
 
 def test_a_router_of_static_upstreams_serves_without_the_chain_side() -> None:
@@ -69,7 +71,7 @@ def test_a_router_of_static_upstreams_serves_without_the_chain_side() -> None:
 
         asyncio.run(main())
     """
-    result = loaded_after(code, *CHAIN_SIDE, *GATEWAY_ONLY)
+    result = loaded_after(code, *CHAIN_SIDE, *GATEWAY_ONLY, *SHARED_SIDE)
     assert result == {"loaded": [], "output": ["static hello"]}
 
 

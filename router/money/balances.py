@@ -24,6 +24,9 @@ from router.transport.base import ProviderTransport
 END_OF_BLOCK = 2**62
 
 Authorizer = Callable[[str], Awaitable[str]]
+# Asked before a fee read of a provider; what it returns (if anything) is told the fee when nothing of
+# ours was in flight there meanwhile (``router.shared.book``: the shared count takes the truth too).
+FeeWitness = Callable[[str], Callable[[int], None] | None]
 
 
 class BalanceSync:
@@ -55,6 +58,7 @@ class BalanceSync:
         self._on_synced = on_synced
         self._asked = asyncio.Event()
         self.block = -1
+        self.witness: FeeWitness | None = None
 
     def ask(self) -> None:
         """Run a round soon, without waiting for the interval."""
@@ -121,8 +125,9 @@ class BalanceSync:
     async def _unsettled_of(self, state: ProviderState) -> None:
         base = state.info.base_url.removesuffix("/v1/proxy")
         account = self._accounts.of(state.id)
-        quiet_before = account.reserved == 0
+        quiet_before = account.reserved == 0 and account.reserved_elsewhere == 0
         spent_before = account.spent
+        witnessed = self.witness(state.id) if self.witness is not None and quiet_before else None
         try:
             authorization = await self._authorize(state.id)
             doc = await self._transport.get_json(
@@ -149,7 +154,10 @@ class BalanceSync:
         if amount < 0:
             return
         account.provider_unsettled = amount
-        if quiet_before and account.reserved == 0 and account.spent == spent_before:
+        quiet = account.reserved == 0 and account.reserved_elsewhere == 0 and account.spent == spent_before
+        if quiet_before and quiet:
             # Nothing of ours was in flight there while it answered: its figure is the truth, and
             # replaces our estimate (which books a cut-short request's whole reserve).
             account.our_unsettled = amount
+            if witnessed is not None:
+                witnessed(amount)

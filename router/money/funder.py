@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from router.chain.client import ChainClient
 from router.config import MoneyOptions
@@ -20,6 +20,7 @@ from router.money.balances import END_OF_BLOCK
 from router.observability.events import Funded, FundingFailed, Observer
 from router.pool.accounting import MINIMUM_LOCKED, Accounts, FundingState, SubAccount
 from router.pool.providers import Pool, ProviderKind
+from router.shared.leader import Fenced
 from router.types import NEURON_PER_0G, TxResult
 
 MIN_TRANSFER = NEURON_PER_0G  # the first transfer to a new sub-account (protocol.md §7.1)
@@ -41,8 +42,12 @@ class Funder:
         clock: Callable[[], float],
         emit: Observer,
         on_funded: Callable[[str], None],
+        fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``fence`` runs right before every transaction and raises ``Fenced`` when this replica may not
+        send (it is not the leader of several sharing Redis): then nothing is sent."""
         self._chain = chain
+        self._fence = fence
         self._accounts = accounts
         self._pool = pool
         self._options = options
@@ -149,6 +154,7 @@ class Funder:
             async with contextlib.AsyncExitStack() as held:
                 for provider in sorted({p.lower() for p in chunk}):
                     await held.enter_async_context(self._lock(provider))
+                await self._fenced()
                 result = await self._chain.retrieve_fund(chunk)
                 for provider in chunk:
                     await self._reread(provider, result.block_number)
@@ -162,14 +168,21 @@ class Funder:
             if amount is None:
                 return
             account = self._accounts.of(provider)
-            if amount == 0:
-                await self._acknowledge(account)
-                return
             try:
-                await self._send(account, self._affordable(account, amount), manual=False)
+                if amount == 0:
+                    await self._acknowledge(account)
+                else:
+                    await self._send(account, self._affordable(account, amount), manual=False)
             except ChainError:
                 # Already recorded on the account and reported.
                 return
+            except Fenced:
+                # No longer the leader: the one that is funds it.
+                return
+
+    async def _fenced(self) -> None:
+        if self._fence is not None:
+            await self._fence()
 
     def _lock(self, provider: str) -> asyncio.Lock:
         return self._locks.setdefault(provider.lower(), asyncio.Lock())
@@ -177,6 +190,7 @@ class Funder:
     async def _send(self, account: SubAccount, amount: int, *, manual: bool) -> TxResult:
         """Under the provider's lock: one ``transferFund``, then the account as the chain has it."""
         provider = account.provider
+        await self._fenced()
         before = account.funding, account.funding_detail
         account.funding, account.funding_detail = FundingState.FUNDING, ""
         try:
@@ -234,6 +248,7 @@ class Funder:
         return ledger
 
     async def _acknowledge(self, account: SubAccount) -> TxResult | None:
+        await self._fenced()
         try:
             result = await self._chain.acknowledge_tee_signer(account.provider, True)
         except ChainError as exc:

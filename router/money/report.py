@@ -27,6 +27,7 @@ def account_view(account: SubAccount) -> dict[str, Any]:
         "unsettled_provider": str(account.provider_unsettled),
         "unsettled_ours": str(account.our_unsettled),
         "reserved": str(account.reserved),
+        "reserved_elsewhere": str(account.reserved_elsewhere),
         "available": str(account.available),
         "spent": str(account.spent),
         "settled": str(account.settled),

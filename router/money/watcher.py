@@ -76,6 +76,14 @@ class SettlementWatcher:
         self.applied_logs = 0
         self.head = start_block - 1
 
+    def restart(self, start_block: int) -> None:
+        """Read from ``start_block`` on, as if new: a replica that just became the leader of several
+        (``router.shared``) picks up where the shared settlement count stops."""
+        self.cursor = start_block
+        self.head = max(self.head, start_block - 1)
+        self._last = None
+        self._applied.clear()
+
     async def run(self) -> None:
         delay = self._interval
         failing = False

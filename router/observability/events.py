@@ -153,6 +153,27 @@ class WatcherProgress:
     head: int
 
 
+@dataclass(frozen=True, slots=True)
+class SharedModeChanged:
+    """This replica's capacity went ``mode``: ``shared`` (counted in Redis with the other replicas) or
+    ``local`` (Redis unreachable or slow: counting 1/N of each lane, N = ``replicas``). ``detail`` says
+    why; it never holds the Redis URL."""
+
+    mode: str
+    replicas: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChanged:
+    """This replica became the leader (``leading``; it runs every wallet's funder, balance sync and
+    settlement watcher) or stopped being it. ``token`` is its fencing token (the term it leads in)."""
+
+    leading: bool
+    token: int
+    detail: str
+
+
 Event = (
     AttemptFailed
     | RequestFinished
@@ -166,5 +187,7 @@ Event = (
     | Settled
     | SettlementRejected
     | WatcherProgress
+    | SharedModeChanged
+    | LeaderChanged
 )
 Observer = Callable[[Event], None]

@@ -23,11 +23,13 @@ from router.observability.events import (
     Event,
     Funded,
     FundingFailed,
+    LeaderChanged,
     PoolRefreshed,
     RequestFinished,
     RpcFailed,
     Settled,
     SettlementRejected,
+    SharedModeChanged,
     Verified,
 )
 
@@ -258,3 +260,9 @@ class LogObserver:
                 amount=event.amount,
                 block=event.block,
             )
+        elif isinstance(event, SharedModeChanged):
+            # One line per move: a warning when this replica starts counting alone, info when it rejoins.
+            level = log.warning if event.mode == "local" else log.info
+            level("shared mode", mode=event.mode, replicas=event.replicas, detail=event.detail)
+        elif isinstance(event, LeaderChanged):
+            log.info("leadership", leading=event.leading, token=event.token, detail=event.detail)

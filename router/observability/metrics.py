@@ -33,6 +33,7 @@ from router.observability.events import (
     RpcFailed,
     Settled,
     SettlementRejected,
+    SharedModeChanged,
     Verified,
     WatcherProgress,
 )
@@ -51,6 +52,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Failures before the first byte: each one moves the request to another attempt while its budget lasts.
 FAILOVER_REASONS = tuple(v.value for v in Verdict if v not in (Verdict.OK, Verdict.CLIENT_ERROR))
 FUNDING_FAILURES = ("ledger_low", "provider_cap", "failed")
+SHARED_MODES = ("shared", "local")
 WATCHER_TASK = "settlement-watcher"
 
 
@@ -133,6 +135,12 @@ class Metrics:
         self.rpc_errors = counter(
             "chain_rpc_errors", "Failed JSON-RPC calls, by endpoint (scheme://host:port).", ("endpoint",)
         )
+        self.shared_transitions = counter(
+            "shared_transitions",
+            "Times this replica started counting in each mode: shared (Redis) or local (Redis unreachable: "
+            "1/N of each lane); its start counts once.",
+            ("mode",),
+        )
         self.watcher_block = Gauge(
             PREFIX + "watcher_block",
             "Last block a wallet's settlement watcher applied.",
@@ -161,6 +169,8 @@ class Metrics:
             self.failovers.labels(reason)
         for task in BACKGROUND_TASKS:
             self.background_errors.labels(task)
+        for mode in SHARED_MODES:
+            self.shared_transitions.labels(mode)
         if router.config.network is not None:
             from router.chain.rpc import redact_url  # web3's side: loaded only with a network
 
@@ -201,6 +211,8 @@ class Metrics:
                 self._wallet(event.wallet).lag.failed()
         elif isinstance(event, Verified):
             self.verifications.labels(event.provider, event.outcome).inc()
+        elif isinstance(event, SharedModeChanged):
+            self.shared_transitions.labels(event.mode).inc()
 
     def _wallet(self, address: str) -> _WalletSeries:
         """A wallet's series, started (at zero) the first time the wallet is seen: by a scrape of the
@@ -372,6 +384,7 @@ class _StateCollector(Collector):
                 g.balance.add_metric(labels, account.available)
                 g.unsettled.add_metric(labels, account.unsettled)
             g.ledger.add_metric([wallet.address], accounts.ledger_available)
+        _shared_gauges(router, g)
         return iter(g.all())
 
 
@@ -430,8 +443,33 @@ class _Gauges:
             ("wallet",),
         )
 
+        self.shared_mode = gauge(
+            "shared_mode",
+            "1 while counting in Redis with the other replicas, 0 while local; only with Redis.",
+            (),
+        )
+        self.shared_replicas = gauge(
+            "shared_replicas", "Replicas seen alive recently, this one included (1 without Redis).", ()
+        )
+        self.leader = gauge(
+            "leader", "1 while this replica runs the funder, balance sync and watcher (always, alone).", ()
+        )
+
     def all(self) -> list[GaugeMetricFamily]:
         return list(vars(self).values())
+
+
+def _shared_gauges(router: Router, g: _Gauges) -> None:
+    """The replica gauges from ``router.shared_status()``: without Redis one replica, leading."""
+    status_of = getattr(router, "shared_status", None)
+    status = status_of() if status_of is not None else None
+    if status is None:
+        g.shared_replicas.add_metric([], 1)
+        g.leader.add_metric([], 1)
+        return
+    g.shared_mode.add_metric([], 1 if status.get("mode") == "shared" else 0)
+    g.shared_replicas.add_metric([], int(status.get("replicas", 1)))
+    g.leader.add_metric([], 1 if status.get("leader") else 0)
 
 
 def health_score(breaker: BreakerState, error_rate: float) -> float:

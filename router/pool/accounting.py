@@ -3,7 +3,7 @@
 Per provider (protocol.md §8):
 
     available = balance - pending refund - max(provider-reported unsettled, our unsettled)
-                - reservations - 1 0G minimum locked
+                - reservations (ours, and other replicas' when they share Redis) - 1 0G minimum locked
 
 A provider refuses a request unless ``balance - pending >= 1 0G + unsettled + request`` (§4.6), so a request
 goes only where ``available`` covers its reserve. The chain view comes from reads and logs stamped with
@@ -48,6 +48,8 @@ class SubAccount:
     provider_unsettled: int = 0
     our_unsettled: int = 0
     reserved: int = 0
+    # Other replicas' holds here, as of the last shared sync (``router.shared.book``); 0 alone.
+    reserved_elsewhere: int = 0
     spent: int = 0
     settled: int = 0
     funding: FundingState = FundingState.OK
@@ -66,7 +68,7 @@ class SubAccount:
         """Headroom for new requests; negative when the provider would refuse (or there is no account)."""
         if not self.exists:
             return -MINIMUM_LOCKED
-        return self.locked - self.unsettled - self.reserved - MINIMUM_LOCKED
+        return self.locked - self.unsettled - self.reserved - self.reserved_elsewhere - MINIMUM_LOCKED
 
 
 class Hold:

@@ -191,7 +191,7 @@ class _MemoryLease:
     def observe(self, headers: Mapping[str, str]) -> None:
         capacity, state = self._capacity, self.state
         now = capacity.clock()
-        limits = _corrected(state.limits, headers)
+        limits = corrected_limits(state.limits, headers)
         if limits != state.limits:
             state.reconfigure(limits, capacity.margin, now)
         # What the broker's levels (taken when it admitted this request, before it counted it) mean for
@@ -281,6 +281,25 @@ class MemoryCapacity:
             return lease
         return None
 
+    def carry(self, lane: Lane, now: float) -> Lease | None:
+        """A lease on ``lane`` that asks nothing of its buckets: a request another count admitted, still
+        in flight, which this one must count against the lane's concurrency from now on."""
+        state = self._lanes.get(lane)
+        if state is None:
+            return None
+        state.in_flight += 1
+        state.taken += 1
+        return _MemoryLease(self, lane, state, NO_DEMAND, now)
+
+    def drain(self, lane: Lane, now: float) -> None:
+        """Empty ``lane``'s buckets: another count was using them, and what it left is not known here."""
+        state = self._lanes.get(lane)
+        if state is None:
+            return
+        for bucket in (state.requests, state.tokens, state.images):
+            if bucket is not None:
+                bucket.lower_to(0.0, now)
+
     def _admits(self, lane: Lane, state: _LaneState, now: float) -> bool:
         if state.in_flight >= state.limits.max_concurrent or now < state.blocked_until:
             return False
@@ -350,27 +369,29 @@ def retry_seconds(headers: Mapping[str, str]) -> float | None:
     return max(resets, default=None)
 
 
-def _corrected(limits: ProviderLimits, headers: Mapping[str, str]) -> ProviderLimits:
-    """``limits`` with the per-minute limits the reply's headers report instead of the advertised."""
+def corrected_limits(limits: ProviderLimits, headers: Mapping[str, str]) -> ProviderLimits:
+    """``limits`` with the per-minute limits the reply's headers report instead of the advertised (also
+    what ``RedisCapacity`` counts by)."""
     changes: dict[str, int] = {}
     for name, field in (
         ("requests", "requests_per_minute"),
         ("tokens", "tokens_per_minute"),
         ("images", "images_per_minute"),
     ):
-        reported = _header_int(headers.get(f"x-ratelimit-limit-{name}"))
+        reported = header_int(headers.get(f"x-ratelimit-limit-{name}"))
         if reported is not None and reported >= 1 and reported != getattr(limits, field):
             changes[field] = reported
     return replace(limits, **changes) if changes else limits
 
 
 def _lower(bucket: Bucket, remaining: str | None, offset: float, now: float) -> None:
-    count = _header_int(remaining)
+    count = header_int(remaining)
     if count is not None:
         bucket.lower_to(count + offset, now)
 
 
-def _header_int(value: str | None) -> int | None:
+def header_int(value: str | None) -> int | None:
+    """An ``x-ratelimit-*`` count as an integer, or None when absent, not an integer or out of range."""
     if value is None:
         return None
     text = value.strip()

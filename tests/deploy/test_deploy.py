@@ -8,9 +8,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,12 +17,20 @@ import yaml
 
 from router.config import load_config
 from router.errors import ConfigError
+from tests.deploy.manifests import (
+    CONFIG,
+    DEPLOY,
+    K8S_FILES,
+    ROOT,
+    compose_file,
+    container,
+    manifest,
+    run,
+    tool,
+    yaml_docs,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
-CONFIG = DEPLOY / "config.toml"
-K8S_FILES = ("configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "servicemonitor.yaml")
 KUBERNETES_VERSION = "1.30"
 API_PORT, METRICS_PORT = 8080, 9464
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the container listens on its own network namespace
@@ -40,19 +45,6 @@ BROKEN = {  # a file each validator must refuse, so a clean answer means somethi
 class Instruction(NamedTuple):
     keyword: str
     value: str
-
-
-def tool(name: str, *, venv: bool) -> str:
-    """A validator's path: the venv's bin directory for pip-installed ones, else PATH. Missing fails."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) if venv else shutil.which(name)
-    if found is None:
-        where = f"in {Path(sys.executable).parent} (pip install -e '.[dev]')" if venv else "on PATH"
-        pytest.fail(f"{name} is not installed {where}; the deploy checks need it")
-    return found
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
 
 
 def dockerfile_stages(text: str) -> list[list[Instruction]]:
@@ -94,20 +86,6 @@ def image_env(stage: list[Instruction]) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-def yaml_docs(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def manifest(kind: str) -> dict[str, Any]:
-    (found,) = [doc for name in K8S_FILES for doc in yaml_docs(DEPLOY / "k8s" / name) if doc["kind"] == kind]
-    return found
-
-
-def container() -> dict[str, Any]:
-    (only,) = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
-    return only
-
-
 @pytest.fixture(scope="module")
 def final_stage() -> list[Instruction]:
     stages = dockerfile_stages(DOCKERFILE.read_text())
@@ -117,8 +95,7 @@ def final_stage() -> list[Instruction]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    return data
+    return compose_file()
 
 
 # -- the validators themselves ------------------------------------------------------------------------
@@ -251,10 +228,8 @@ def test_deployment_and_service_agree_on_ports_and_probes(final_stage: list[Inst
         assert container()[probe]["httpGet"] == {"path": path, "port": "http"}
 
 
-def test_deployment_is_one_locked_down_replica(final_stage: list[Instruction]) -> None:
+def test_deployment_is_locked_down(final_stage: list[Instruction]) -> None:
     spec = manifest("Deployment")["spec"]
-    assert spec["replicas"] == 1, "replicas would share one wallet's per-provider rate limits"
-    assert spec["strategy"]["type"] == "Recreate", "a rolling update runs two pods on one wallet"
     pod = spec["template"]["spec"]["securityContext"]
     image_uid = int(values(final_stage, "USER")[-1].partition(":")[0])
     assert pod["runAsNonRoot"] is True
