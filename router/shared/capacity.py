@@ -314,7 +314,6 @@ class RedisCapacity:
         return lease
 
     def _acquire_alone(self, lanes: Sequence[Lane], demand: Demand, now: float) -> Lease | None:
-        self._rescale()
         local = self._local.try_acquire(lanes, demand, now)
         if local is None:
             return None
@@ -481,7 +480,6 @@ class RedisCapacity:
         """Back in Redis: send the releases it missed, then have it count every lease this replica holds
         open, its buckets' levels alone, and (after ``REJOIN_GRACE``) what it took meanwhile; only then
         count in Redis again."""
-        self._rescale()
         retained, self._retained = self._retained, []
         try:
             if retained:
