@@ -12,9 +12,10 @@ do its arithmetic); how it keeps them across replicas:
   once, and the release goes to Redis in the background, batched with others. Header corrections,
   back-offs and hold-offs go the same way, the latter two mirrored here at once. A lease lives
   ``lease_ttl`` in Redis unless ``run()`` renews it, so a crashed replica's slots come back.
-- While the store is local (Redis unreachable or slow) every call goes to a ``MemoryCapacity`` holding
-  1/N of each lane (N: the replicas last seen alive), its buckets empty at first and its leases in
-  flight counted. On rejoin the leases it holds open are adopted into Redis in one call, which lowers
+- While the store is local (Redis unreachable or slow) every call goes to the ``LocalFallback`` of
+  ``router/shared/fallback.py``: 1/N of each lane (N: the replicas last seen alive), its buckets empty at
+  first, its leases in flight counted, and a settling while the others' requests from before end. On
+  rejoin the leases it holds open are adopted into Redis in one call, which lowers
   the shared buckets to its own levels, so that the shared count includes them; it keeps counting alone
   for ``REJOIN_GRACE`` (until every replica has adopted its own) and adopts again what it took
   meanwhile. A release Redis could not take waits for the rejoin (an expired lease releases as a no-op).
@@ -29,10 +30,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from router.pool.capacity import Demand, LaneView, Lease, MemoryCapacity, corrected_limits, header_int
+from router.pool.capacity import Demand, LaneView, Lease, corrected_limits, header_int
 from router.pool.limits import ProviderLimits
 from router.pool.providers import Lane
 from router.shared import lua
+from router.shared.fallback import LaneCount, LocalFallback
 from router.shared.store import Mode, SharedStore, SharedUnavailable
 
 # The longest a lane waits for a release before it is asked again (pub/sub normally wakes it first).
@@ -69,7 +71,19 @@ class _SharedLease:
     """A lease counted in Redis (``shared``) or, taken while local, by the local fallback (``local``)
     until it is adopted. ``seq``/``sent`` are its admission's sequence number and Redis time."""
 
-    __slots__ = ("_capacity", "id", "images", "lane", "local", "open", "sent", "seq", "shared", "tokens")
+    __slots__ = (
+        "_capacity",
+        "id",
+        "images",
+        "lane",
+        "local",
+        "open",
+        "sent",
+        "seq",
+        "shared",
+        "started",
+        "tokens",
+    )
 
     def __init__(
         self,
@@ -91,6 +105,7 @@ class _SharedLease:
         self.seq = seq
         self.sent = sent
         self.open = True
+        self.started = capacity.clock()
 
     def __repr__(self) -> str:
         where = "shared" if self.shared else "local"
@@ -108,7 +123,8 @@ class RedisCapacity:
     heartbeat); ``aclose()`` sends what is still pending, within a bound."""
 
     def __init__(self, store: SharedStore, *, clock: Callable[[], float], rate_margin: float = 1.0) -> None:
-        self._local = MemoryCapacity(clock=clock, rate_margin=rate_margin)
+        self._local = LocalFallback(clock=clock, rate_margin=rate_margin, unknown_for=store.options.lease_ttl)
+        self._local.rescale(store.replicas)
         self.clock = clock
         self.margin = rate_margin
         self.on_change: Callable[[], None] = lambda: None
@@ -125,7 +141,6 @@ class RedisCapacity:
         self._calls: set[asyncio.Task[Any]] = set()
         self._rejoining = False
         self._shared_since = 0.0
-        self._scaled_for = store.replicas
         self._acquire = store.script(lua.ACQUIRE)
         self._release_script = store.script(lua.RELEASE)
         self._observe_script = store.script(lua.OBSERVE)
@@ -154,7 +169,7 @@ class RedisCapacity:
         if self._limits.get(lane) == limits:
             return
         self._limits[lane] = limits
-        self._local.configure(lane, scaled(limits, self._scaled_for))
+        self._local.configure(lane, limits)
 
     def forget(self, lane: Lane) -> None:
         self._limits.pop(lane, None)
@@ -344,6 +359,7 @@ class RedisCapacity:
         if not lease.open:
             return
         lease.open = False
+        self._local.finished(lease.lane, self.clock() - lease.started)
         if lease.local is not None:
             lease.local.release(tokens, images)
         if lease.shared:
@@ -364,7 +380,7 @@ class RedisCapacity:
         corrected = corrected_limits(limits, headers)
         if corrected != limits:
             self._limits[lane] = corrected
-            self._local.configure(lane, scaled(corrected, self._scaled_for))
+            self._local.configure(lane, corrected)
         # The remaining counts are the wallet's whole levels: they correct the shared buckets only.
         remaining = [
             header_int(headers.get(f"x-ratelimit-remaining-{n}")) for n in ("requests", "tokens", "images")
@@ -466,12 +482,18 @@ class RedisCapacity:
         self.on_change()
 
     def _count_alone(self) -> None:
-        """From now this replica counts alone, at 1/N of each lane: what it has in flight counts against
-        its share, and its buckets start empty (the shared ones were in use; the provider's may be low)."""
-        self._rescale()
-        now = self.clock()
+        """From now this replica counts alone (``LocalFallback.go_alone``), what it has in flight
+        against its share."""
+        own: dict[Lane, int] = {}
+        for lease in self._open.values():
+            if lease.open and lease.local is None:
+                own[lease.lane] = own.get(lease.lane, 0) + 1
+        counts = {}
         for lane in self._limits:
-            self._local.drain(lane, now)
+            seen = self._seen.get(lane)
+            counts[lane] = LaneCount(None if seen is None else seen.in_flight, own.get(lane, 0))
+        self._local.go_alone(self._store.replicas, counts)
+        now = self.clock()
         for lease in self._open.values():
             if lease.open and lease.local is None:
                 lease.local = self._local.carry(lease.lane, now)
@@ -495,13 +517,13 @@ class RedisCapacity:
         args: list[str | int | float] = [self._store.options.lease_ttl]
         lanes: list[Lane] = []
         for lane, limits in self._limits.items():
-            used = self._used_alone(lane, limits, now)
+            used = self._local.used(lane, now)
             leases = held.get(lane, [])
             if not leases and not any(used):
                 continue
             lanes.append(lane)
             keys += (self._lane_key(lane), self._leases_key(lane))
-            args += [*self._limit_args(limits), *self._levels_alone(lane, now), len(leases)]
+            args += [*self._limit_args(limits), *self._local.levels(lane, now), len(leases)]
             for lease in leases:
                 args += [lease.id, lease.tokens, lease.images, 0 if lease.shared else 1]
         alone, self._alone = self._alone, set()
@@ -533,46 +555,17 @@ class RedisCapacity:
             await asyncio.sleep(grace)
             return
         # What the local fallback used is in Redis now: it starts afresh for the next time alone.
-        for lane, limits in self._limits.items():
-            self._local.forget(lane)
-            self._local.configure(lane, scaled(limits, self._scaled_for))
+        self._local.start_afresh()
         for lease in self._open.values():
             lease.local = None
         # Leases taken alone while the call was out are adopted in another round.
         self._rejoining = bool(self._alone)
         self.on_change()
 
-    def _used_alone(self, lane: Lane, limits: ProviderLimits, now: float) -> tuple[float, float, float]:
-        """What the local fallback's buckets for ``lane`` used and have not refilled yet."""
-        view = self._local.view(lane, now)
-        local = scaled(limits, self._scaled_for)
-        tokens = local.tokens_capacity - view.tokens if view.tokens is not None else 0.0
-        images = local.images_capacity - view.images if view.images is not None else 0.0
-        return max(0.0, view.request_capacity - view.requests), max(0.0, tokens), max(0.0, images)
-
-    def _levels_alone(self, lane: Lane, now: float) -> tuple[float | str, float | str, float | str]:
-        """The local fallback's levels for ``lane`` ("" where it counts none): Redis's buckets are lowered
-        to them on rejoin, since what the replicas sent alone drained the provider's buckets too."""
-        view = self._local.view(lane, now)
-        return (
-            view.requests,
-            view.tokens if view.tokens is not None else "",
-            view.images if view.images is not None else "",
-        )
-
     def _released(self, message: str) -> None:
         self.on_change()
 
     # -- helpers ----------------------------------------------------------------------------------
-
-    def _rescale(self) -> None:
-        """The local fallback at 1/N of each lane, N as last counted."""
-        replicas = self._store.replicas
-        if replicas == self._scaled_for:
-            return
-        self._scaled_for = replicas
-        for lane, limits in self._limits.items():
-            self._local.configure(lane, scaled(limits, replicas))
 
     def _mirrored(self, lane: Lane, now: float) -> bool:
         """Backed off or held off as this replica already knows (Redis may not have it yet)."""
@@ -609,28 +602,6 @@ class RedisCapacity:
 
     def _provider_key(self, provider: str) -> str:
         return self._store.key("provider", provider.lower())
-
-
-def scaled(limits: ProviderLimits, replicas: int) -> ProviderLimits:
-    """One replica's share of ``limits`` among ``replicas``: the rates divided, the burst, concurrency
-    and bucket sizes floor-divided, each at least 1."""
-    if replicas <= 1:
-        return limits
-
-    def part(count: int) -> int:
-        return max(1, count // replicas)
-
-    tokens, images = limits.tokens_per_minute, limits.images_per_minute
-    return ProviderLimits(
-        requests_per_minute=limits.requests_per_minute / replicas,
-        burst=part(limits.burst),
-        max_concurrent=part(limits.max_concurrent),
-        tokens_per_minute=part(tokens) if tokens else 0,
-        token_burst=part(limits.tokens_capacity) if tokens else 0,
-        images_per_minute=part(images) if images else 0,
-        image_burst=part(limits.images_capacity) if images else 0,
-        context_length=limits.context_length,
-    )
 
 
 def _refilled(level: float | None, per_minute: float, size: float, since: float) -> float:
