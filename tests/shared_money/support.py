@@ -26,6 +26,7 @@ SHARED_PROVIDERS = (
 LEDGER_DEPOSIT = 30 * NEURON
 SUB_ACCOUNT_FUNDING = 5 * NEURON
 LEADER_TTL = 2.0
+SYNC_INTERVAL = 0.1
 # Generous bounds for what the chain does: two cores, shared with other test runs.
 WAIT = 60.0
 
@@ -40,7 +41,7 @@ def shared_options(url: str, **changes: Any) -> SharedOptions:
         "lease_ttl": LEADER_TTL,
         "leader_ttl": LEADER_TTL,
         "replica_ttl": LEADER_TTL,
-        "sync_interval": 0.1,
+        "sync_interval": SYNC_INTERVAL,
     }
     return SharedOptions(**{**base, **changes})
 

@@ -11,8 +11,10 @@ from router.observability.events import Funded, Settled, SharedModeChanged
 from tests.money.support import TcpProxy, messages, settle_all
 from tests.shared_money.conftest import FAST_MONEY, Replicas
 from tests.shared_money.support import (
+    LEADER_TTL,
     SHARED_MODEL,
     SUB_ACCOUNT_FUNDING,
+    SYNC_INTERVAL,
     WAIT,
     Replica,
     rounds,
@@ -137,6 +139,36 @@ async def test_spend_while_redis_is_away_reaches_the_others_when_it_returns(repl
         )
         await rounds(cut, leader)
         assert {p: int(leader.accounts()[p]["unsettled_ours"]) for p in spent} == spent
+
+
+async def test_a_cut_off_replicas_hold_stops_narrowing_the_others_after_the_replica_ttl(
+    replicas: Replicas,
+) -> None:
+    """A replica with a 1 0G hold open stops reaching Redis, as a crashed one would: its hold still
+    narrows the leader's book at first, and no longer once ``replica_ttl`` has passed without a round
+    of its; its own book keeps the hold."""
+    port = urlsplit(replicas.url).port
+    async with TcpProxy(f"redis://127.0.0.1:{port}") as proxy:
+        leader = await replicas.open()
+        cut = await replicas.open(shared=shared_options(f"redis://127.0.0.1:{urlsplit(proxy.url).port}/0"))
+        provider = replicas.devnet.providers[0].address
+        hold = cut.services.accounts.hold(provider, NEURON)
+        await rounds(cut, leader)
+        book = leader.services.accounts
+        assert book.of(provider).reserved_elsewhere == NEURON
+        await proxy.pause()
+        loop = asyncio.get_running_loop()
+        paused_at = loop.time()
+        await leader.book.sync()
+        assert book.of(provider).reserved_elsewhere == NEURON
+        async with asyncio.timeout(WAIT):
+            while book.of(provider).reserved_elsewhere:
+                await leader.book.sync()
+                await asyncio.sleep(0.05)
+        # The hold's key lives replica_ttl from the cut replica's last round, just before the pause.
+        assert loop.time() - paused_at >= LEADER_TTL - 2 * SYNC_INTERVAL
+        assert cut.services.accounts.of(provider).reserved == NEURON
+        hold.close(None)
 
 
 async def test_a_followers_low_balance_wakes_the_leaders_funder(replicas: Replicas) -> None:
