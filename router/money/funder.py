@@ -118,14 +118,7 @@ class Funder:
     def _refuse_unknown(self, providers: Sequence[str], param: str) -> None:
         unknown = [p for p in providers if not self.known(p)]
         if unknown:
-            names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
-            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-            raise InvalidRequest(
-                f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
-                status=404,
-                code="provider_not_found",
-                param=param,
-            )
+            raise provider_not_found(unknown, param)
 
     async def fund(self, provider: str, amount: int) -> TxResult:
         """An operator's transfer of ``amount`` neuron to ``provider`` (ends a drain); raises on failure,
@@ -313,3 +306,16 @@ def _state_of(exc: ContractRevert) -> FundingState:
     if exc.name == "TooManyProvidersForService":
         return FundingState.PROVIDER_CAP
     return FundingState.FAILED
+
+
+def provider_not_found(unknown: Sequence[str], param: str) -> InvalidRequest:
+    """The 404 for ``unknown``: providers neither in the pool nor holding a sub-account of ours (the
+    first three named, clipped)."""
+    names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    return InvalidRequest(
+        f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
+        status=404,
+        code="provider_not_found",
+        param=param,
+    )

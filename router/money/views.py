@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from router.errors import ConfigError, InvalidRequest, clipped
+from router.money.funder import provider_not_found
 from router.money.report import balance_report
 from router.shared.leader import Fenced, Leadership
 from router.types import TxResult
@@ -61,14 +62,7 @@ async def refund(
     if providers is not None and wallet is None:
         unknown = [p for p in providers if not any(w.funder.known(p) for w in targets)]
         if unknown:
-            names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
-            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-            raise InvalidRequest(
-                f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
-                status=404,
-                code="provider_not_found",
-                param="providers",
-            )
+            raise provider_not_found(unknown, "providers")
     _as_leader(leadership)
     results: dict[str, list[TxResult]] = {}
     for services in targets:

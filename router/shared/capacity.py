@@ -5,11 +5,13 @@ What it promises is ``MemoryCapacity``'s, decision for decision (the scripts in 
 do its arithmetic); how it keeps them across replicas:
 
 - ``acquire`` is one script call for all candidate lanes. What the script saw of each lane it examined
-  (leases in flight, the wait, the levels) is kept, so the synchronous ``wait``, ``load`` and ``view``
-  answer without Redis. A wait that only a release can end becomes a short poll (``POLL``): another
-  replica's release arrives by pub/sub and wakes the queue; the poll covers a lost message.
+  (leases in flight, the wait, the levels) is kept (``router/shared/seen.py``), so the synchronous
+  ``wait``, ``load`` and ``view`` answer without Redis. A wait that only a release can end becomes a
+  short poll (``POLL``): another replica's release arrives by pub/sub and wakes the queue; the poll
+  covers a lost message.
 - ``release`` stays synchronous (it runs under cancellation): the lease is closed and the queue woken at
-  once, and the release goes to Redis in the background, batched with others. Header corrections,
+  once, and the release goes to Redis in the background, batched with others (one script call for the
+  releases at hand, one for the replies' levels). Header corrections,
   back-offs and hold-offs go the same way, the latter two mirrored here at once. A lease lives
   ``lease_ttl`` in Redis unless ``run()`` renews it, so a crashed replica's slots come back.
 - While the store is local (Redis unreachable or slow) every call goes to the ``LocalFallback`` of
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -35,6 +36,7 @@ from router.pool.limits import ProviderLimits
 from router.pool.providers import Lane
 from router.shared import lua
 from router.shared.fallback import LaneCount, LocalFallback
+from router.shared.seen import SeenLane, seen_lanes, seen_view
 from router.shared.store import Mode, SharedStore, SharedUnavailable
 
 # The longest a lane waits for a release before it is asked again (pub/sub normally wakes it first).
@@ -44,20 +46,6 @@ POLL = 0.2
 REJOIN_GRACE = 1.0
 # Releases kept for a Redis that comes back; past this many the oldest have expired anyway.
 MAX_RETAINED = 10_000
-_FIELDS_PER_LANE = 6
-
-
-@dataclass(slots=True)
-class _Seen:
-    """A lane as the last script saw it, at ``at`` (our clock)."""
-
-    at: float
-    in_flight: int
-    wait: float | None
-    requests: float
-    tokens: float | None
-    images: float | None
-    blocked_for: float
 
 
 class _Release(NamedTuple):
@@ -65,6 +53,13 @@ class _Release(NamedTuple):
     id: str
     tokens: int | None
     images: int | None
+
+
+class _Observation(NamedTuple):
+    """A reply's rate-limit levels, for its lane's shared buckets (``lua.OBSERVE``)."""
+
+    key: str
+    args: list[str | int]
 
 
 class _SharedLease:
@@ -130,12 +125,12 @@ class RedisCapacity:
         self.on_change: Callable[[], None] = lambda: None
         self._store = store
         self._limits: dict[Lane, ProviderLimits] = {}
-        self._seen: dict[Lane, _Seen] = {}
+        self._seen: dict[Lane, SeenLane] = {}
         self._blocked: dict[Lane, float] = {}
         self._held: dict[str, float] = {}
         self._open: dict[str, _SharedLease] = {}
         self._alone: set[_SharedLease] = set()
-        self._outbox: list[_Release | Callable[[], Awaitable[object]]] = []
+        self._outbox: list[_Release | _Observation | Callable[[], Awaitable[object]]] = []
         self._retained: list[_Release] = []
         self._flusher: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[Any]] = set()
@@ -252,25 +247,10 @@ class RedisCapacity:
         limits = self._limits.get(lane)
         if limits is None:
             return LaneView(0, 0, 0.0, 0.0, None, None, 0.0)
-        seen = self._seen.get(lane)
-        margin, size = self.margin, max(1, limits.burst - 1)
-        if seen is None:
-            since, requests, tokens, images = 0.0, float(size), None, None
-        else:
-            since = now - seen.at
-            requests = _refilled(seen.requests, limits.requests_per_minute * margin, size, since)
-            tokens, images = seen.tokens, seen.images
-        if limits.tokens_per_minute:
-            tokens = _refilled(tokens, limits.tokens_per_minute * margin, limits.tokens_capacity, since)
-        else:
-            tokens = None
-        if limits.images_per_minute:
-            images = _refilled(images, limits.images_per_minute * margin, limits.images_capacity, since)
-        else:
-            images = None
         mirrored = max(self._blocked.get(lane, 0.0), self._held.get(lane.provider.id, 0.0)) - now
-        blocked = max(0.0, mirrored, (seen.blocked_for - since) if seen is not None else 0.0)
-        return LaneView(self._in_flight(lane), limits.max_concurrent, requests, size, tokens, images, blocked)
+        return seen_view(
+            self._seen.get(lane), limits, self.margin, now, in_flight=self._in_flight(lane), mirrored=mirrored
+        )
 
     # -- background -------------------------------------------------------------------------------
 
@@ -306,21 +286,9 @@ class RedisCapacity:
         self, counted: list[Lane], demand: Demand, now: float, lease_id: str, reply: list[str]
     ) -> Lease | None:
         admitted, seq, redis_now = int(reply[0]), int(reply[1]), float(reply[2])
-        seen = reply[3:]
-        for i in range(len(seen) // _FIELDS_PER_LANE):
-            in_flight, wait, requests, tokens, images, blocked = seen[
-                _FIELDS_PER_LANE * i : _FIELDS_PER_LANE * (i + 1)
-            ]
-            waits = float(wait)
-            self._seen[counted[i]] = _Seen(
-                now,
-                int(float(in_flight)),
-                None if waits < 0 else waits,
-                float(requests),
-                _number(tokens),
-                _number(images),
-                float(blocked),
-            )
+        # The script stops at the lane it admits on: the lanes after it were not looked at.
+        for lane, seen in zip(counted, seen_lanes(reply[3:], now), strict=False):
+            self._seen[lane] = seen
         if not admitted:
             return None
         lane = counted[admitted - 1]
@@ -387,14 +355,13 @@ class RedisCapacity:
         ]
         if not lease.shared or self._store.mode != "shared" or all(r is None for r in remaining):
             return
-        keys = [self._lane_key(lane)]
         args = [
             *self._limit_args(corrected),
             lease.seq,
             repr(lease.sent),
             *("" if r is None else r for r in remaining),
         ]
-        self._enqueue(lambda: self._observe_script(keys=keys, args=args))
+        self._enqueue(_Observation(self._lane_key(lane), args))
 
     def _send_release(self, release: _Release) -> None:
         if self._store.mode == "shared":
@@ -408,7 +375,7 @@ class RedisCapacity:
 
     # -- talking to Redis in the background -------------------------------------------------------
 
-    def _enqueue(self, item: _Release | Callable[[], Awaitable[object]]) -> None:
+    def _enqueue(self, item: _Release | _Observation | Callable[[], Awaitable[object]]) -> None:
         self._outbox.append(item)
         self._start_flusher()
 
@@ -422,7 +389,8 @@ class RedisCapacity:
         self._flusher = loop.create_task(self._flush(), name="shared-capacity-flush")
 
     async def _flush(self) -> None:
-        """Send what is pending, in order, until nothing is: one script call for all releases at hand."""
+        """Send what is pending until nothing is: one script call for all releases at hand, one for
+        all replies' levels, then the back-offs and hold-offs in order."""
         while True:
             while self._rejoining and self._store.mode == "shared":
                 try:
@@ -438,10 +406,19 @@ class RedisCapacity:
                     await self._send_releases(releases)
                 except SharedUnavailable:
                     self._retain(releases)
+            observations = [item for item in items if isinstance(item, _Observation)]
+            if observations:
+                with contextlib.suppress(SharedUnavailable):
+                    await self._send_observations(observations)
             for item in items:
-                if not isinstance(item, _Release):
+                if not isinstance(item, _Release | _Observation):
                     with contextlib.suppress(SharedUnavailable):
                         await self._store.call(item)
+
+    async def _send_observations(self, observations: list[_Observation]) -> None:
+        keys = [observation.key for observation in observations]
+        args = [arg for observation in observations for arg in observation.args]
+        await self._store.call(lambda: self._observe_script(keys=keys, args=args))
 
     async def _send_releases(self, releases: list[_Release]) -> None:
         keys: list[str] = []
@@ -602,14 +579,3 @@ class RedisCapacity:
 
     def _provider_key(self, provider: str) -> str:
         return self._store.key("provider", provider.lower())
-
-
-def _refilled(level: float | None, per_minute: float, size: float, since: float) -> float:
-    """A level last seen ``since`` seconds ago, refilled since (a lane never seen is full)."""
-    if level is None:
-        return float(size)
-    return min(float(size), level + per_minute / 60.0 * since)
-
-
-def _number(text: str) -> float | None:
-    return float(text) if text else None

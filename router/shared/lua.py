@@ -234,30 +234,34 @@ return reply
 """
 )
 
-# KEYS: the lane's hash. ARGV: the lane's seven limit values, the lease's sequence number and admission
-# time (Redis seconds), then the reply's remaining requests, tokens and images ('' when absent). What the
-# broker's levels (taken when it admitted that request, before it counted it) mean for ours now, as in
-# _MemoryLease.observe; only ever lowered.
+# KEYS: per reply its lane's hash. ARGV: per reply twelve values: the lane's seven limit values, the
+# lease's sequence number and admission time (Redis seconds), then the reply's remaining requests, tokens
+# and images ('' when absent). What the broker's levels (taken when it admitted that request, before it
+# counted it) mean for ours now, as in _MemoryLease.observe; only ever lowered. One call takes every
+# reply a flush has.
 OBSERVE = (
     _LANE
     + """
 local now = clock()
-local s = load(KEYS[1])
-limits(s, 1, now)
-local seq, sent = tonumber(ARGV[8]), tonumber(ARGV[9])
-local since = now - sent
-local remaining = {tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])}
-if remaining[1] ~= nil then
-  local rate = tonumber(s.rq_r) / 60
-  lower_to(s, 'rq', remaining[1] + rate * since - 1 - (s.taken - seq), now)
-end
-for i, pair in ipairs({{'tk', s.reserved}, {'im', s.reserved_im}}) do
-  local b, in_flight = pair[1], pair[2]
-  if remaining[i + 1] ~= nil and s[b] ~= nil then
-    lower_to(s, b, remaining[i + 1] + tonumber(s[b .. '_r']) / 60 * since - in_flight, now)
+for i = 1, #KEYS do
+  local base = 1 + 12 * (i - 1)
+  local s = load(KEYS[i])
+  limits(s, base, now)
+  local seq, sent = tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8])
+  local since = now - sent
+  local remaining = {tonumber(ARGV[base + 9]), tonumber(ARGV[base + 10]), tonumber(ARGV[base + 11])}
+  if remaining[1] ~= nil then
+    local rate = tonumber(s.rq_r) / 60
+    lower_to(s, 'rq', remaining[1] + rate * since - 1 - (s.taken - seq), now)
   end
+  for j, pair in ipairs({{'tk', s.reserved}, {'im', s.reserved_im}}) do
+    local b, in_flight = pair[1], pair[2]
+    if remaining[j + 1] ~= nil and s[b] ~= nil then
+      lower_to(s, b, remaining[j + 1] + tonumber(s[b .. '_r']) / 60 * since - in_flight, now)
+    end
+  end
+  save(s)
 end
-save(s)
 return str(now)
 """
 )
