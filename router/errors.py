@@ -198,3 +198,16 @@ def clipped(value: object, limit: int = 100, *, quote: bool = True) -> str:
         return text if len(value) <= limit else f"{text}… ({len(value)} characters)"
     text = reprlib.repr(value)
     return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def provider_not_found(unknown: Sequence[str], param: str) -> InvalidRequest:
+    """The 404 for ``unknown``: providers neither in the pool nor holding a sub-account of ours (the
+    first three named, clipped)."""
+    names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    return InvalidRequest(
+        f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
+        status=404,
+        code="provider_not_found",
+        param=param,
+    )

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from router.chain.client import ChainClient
 from router.config import MoneyOptions
-from router.errors import ChainError, ContractRevert, FundingError, InvalidRequest, clipped
+from router.errors import ChainError, ContractRevert, FundingError, provider_not_found
 from router.money.balances import END_OF_BLOCK
 from router.observability.events import Funded, FundingFailed, Observer
 from router.pool.accounting import MINIMUM_LOCKED, Accounts, FundingState, SubAccount
@@ -306,16 +306,3 @@ def _state_of(exc: ContractRevert) -> FundingState:
     if exc.name == "TooManyProvidersForService":
         return FundingState.PROVIDER_CAP
     return FundingState.FAILED
-
-
-def provider_not_found(unknown: Sequence[str], param: str) -> InvalidRequest:
-    """The 404 for ``unknown``: providers neither in the pool nor holding a sub-account of ours (the
-    first three named, clipped)."""
-    names = ", ".join(clipped(p, 42, quote=False) for p in unknown[:3])
-    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-    return InvalidRequest(
-        f"not a provider in the pool, nor one we hold a sub-account at: {names}{more}",
-        status=404,
-        code="provider_not_found",
-        param=param,
-    )

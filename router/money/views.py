@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from router.errors import ConfigError, InvalidRequest, clipped
-from router.money.funder import provider_not_found
+from router.errors import ConfigError, InvalidRequest, clipped, provider_not_found
 from router.money.report import balance_report
 from router.shared.leader import Fenced, Leadership
 from router.types import TxResult
