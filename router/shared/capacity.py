@@ -118,8 +118,9 @@ class RedisCapacity:
     heartbeat); ``aclose()`` sends what is still pending, within a bound."""
 
     def __init__(self, store: SharedStore, *, clock: Callable[[], float], rate_margin: float = 1.0) -> None:
-        self._local = LocalFallback(clock=clock, rate_margin=rate_margin, unknown_for=store.options.lease_ttl)
-        self._local.rescale(store.replicas)
+        self._local = LocalFallback(
+            clock=clock, rate_margin=rate_margin, unknown_for=store.options.lease_ttl, replicas=store.replicas
+        )
         self.clock = clock
         self.margin = rate_margin
         self.on_change: Callable[[], None] = lambda: None

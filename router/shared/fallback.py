@@ -45,14 +45,16 @@ class _Settling:
 class LocalFallback:
     """The local count: ``configure`` with a lane's whole limits, ``rescale`` to the replicas alive."""
 
-    def __init__(self, *, clock: Callable[[], float], rate_margin: float, unknown_for: float) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float], rate_margin: float, unknown_for: float, replicas: int = 1
+    ) -> None:
         self._memory = MemoryCapacity(clock=clock, rate_margin=rate_margin)
         self._clock = clock
         self._unknown_for = unknown_for
         self._limits: dict[Lane, ProviderLimits] = {}
         self._settling: dict[Lane, _Settling] = {}
         self._longest: dict[Lane, float] = {}
-        self.replicas = 1
+        self.replicas = replicas
 
     def __repr__(self) -> str:
         return f"<LocalFallback 1/{self.replicas} lanes={len(self._limits)} settling={len(self._settling)}>"

@@ -259,6 +259,25 @@ class TestHeaderCorrections:
         assert await twin.count(lane, demand=Demand(tokens=15)) == 1
         await twin.same_view(lane)
 
+    async def test_replies_sent_in_one_flush_each_correct_their_own_lane(self, twin: Twin) -> None:
+        """Two replies on two lanes, observed before one flush (one OBSERVE call for both): each lowers
+        its own lane as memory does, the requests of the one and the tokens of the other."""
+        first = twin.add("p", ProviderLimits(requests_per_minute=6, burst=20, max_concurrent=20)).lanes[0]
+        second = twin.add("q", TOKENS).lanes[0]
+        for _ in range(3):
+            assert await twin.acquire(first) is first
+        for _ in range(2):
+            assert await twin.acquire(second, demand=Demand(tokens=10)) is second
+        replies = ((0, {"x-ratelimit-remaining-requests": "4"}), (3, {"x-ratelimit-remaining-tokens": "30"}))
+        for index, headers in replies:
+            for lease in twin.leases[index]:
+                lease.observe(headers)
+        await twin.shared.flush()
+        assert await twin.count(first) == 1
+        assert await twin.count(second, demand=Demand(tokens=15)) == 1
+        await twin.same_view(first)
+        await twin.same_view(second)
+
     async def test_a_reported_limit_replaces_the_advertised_one(self, twin: Twin) -> None:
         """The provider says 3 a minute: both count by it (the next refill is 20 s away, not 10)."""
         lane = twin.add("p", ProviderLimits(requests_per_minute=6, burst=2, max_concurrent=5)).lanes[0]
