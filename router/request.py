@@ -20,6 +20,7 @@ from email.policy import HTTP
 from types import MappingProxyType
 from typing import Any
 
+from router import jsonwire
 from router.endpoints import Endpoint
 from router.errors import InvalidRequest
 from router.policy.select import Preferences, parse_preferences
@@ -130,7 +131,7 @@ def json_body(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        payload = json.loads(body)
+        payload = jsonwire.loads(body)
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:

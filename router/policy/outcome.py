@@ -7,10 +7,10 @@ match substrings the broker is known to use.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from router import jsonwire
 from router.pool.providers import ProviderKind
 
 
@@ -95,7 +95,7 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     """``body`` parsed, if it is a JSON object; None for anything else (truncated, not JSON, nested too
     deeply, another JSON value)."""
     try:
-        data = json.loads(body)
+        data = jsonwire.loads(body)
     except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

@@ -9,7 +9,6 @@ target nobody checked, so a 3xx comes back as the reply it is.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -17,6 +16,7 @@ from typing import Any, Self
 
 import aiohttp
 
+from router import jsonwire
 from router.errors import ConfigError, ProviderUnreachable
 from router.pool.providers import ProviderInfo, ProviderKind
 from router.transport.guard import guarded_socket
@@ -232,7 +232,7 @@ class HttpTransport:
         """GET a free JSON route of a provider (``/v1/models``); non-2xx or non-JSON raises."""
         _, body = await self.get(kind, provider, url, headers=headers, time_left=time_left)
         try:
-            return json.loads(body)
+            return jsonwire.loads(body)
         except (ValueError, RecursionError):
             raise ProviderUnreachable(provider, f"{url} did not answer JSON") from None
 

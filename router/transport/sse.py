@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from router import jsonwire
+
 DONE = b"data: [DONE]\n\n"
 
 
@@ -65,7 +67,7 @@ def usage_of(event: bytes) -> dict[str, Any] | None:
     if data is None or data == b"[DONE]":
         return None
     try:
-        chunk = json.loads(data)
+        chunk = jsonwire.loads(data)
     except (ValueError, RecursionError):
         raise MalformedEvent("its data is not JSON") from None
     if not isinstance(chunk, dict):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from router import jsonwire
 from router.pool.trust import Outcome
 
 
@@ -42,13 +42,18 @@ def judge(record: object, *, signer: str, request: bytes, response_part: str) ->
     if len(fields) < 2:
         return Finding(Outcome.FAILED, "the signed text is not request-hash:response-hash")
     # Only chain providers sign: a router of static upstreams never loads eth_account.
-    from router.chain.wallet import recover_personal
+    from eth_utils.address import to_checksum_address
 
-    recovered = recover_personal(text, signature)
+    from router.chain.wallet import recover_personal_address
+
+    recovered = recover_personal_address(text, signature)
     if recovered is None:
         return Finding(Outcome.FAILED, "the signature is malformed")
-    if recovered.lower() != signer.lower():
-        return Finding(Outcome.FAILED, f"signed by {recovered}, not the acknowledged TEE signer {signer}")
+    if recovered.hex() != signer.lower().removeprefix("0x"):
+        return Finding(
+            Outcome.FAILED,
+            f"signed by {to_checksum_address(recovered)}, not the acknowledged TEE signer {signer}",
+        )
     request_matched = fields[0] == sha256_hex(request)
     if fields[1] != response_part:
         return Finding(
@@ -68,7 +73,7 @@ def signed_response_part(parts: Sequence[bytes], *, images: bool = False) -> str
     if not images:
         return sha256_hex(body)
     try:
-        data = json.loads(body)["data"]
+        data = jsonwire.loads(body)["data"]
         pictures = [base64.b64decode(item["b64_json"], validate=True) for item in data]
     except (ValueError, KeyError, TypeError):
         return ""
