@@ -63,7 +63,8 @@ def goals(results: Mapping[str, float]) -> list[Goal]:
         found.append(_absolute(results, f"RSS after the runs, {label}", f"{hop}_rss_mb", RSS_MB, "MB"))
     if minutes := results.get("soak_minutes"):
         span = f"soak of {minutes:g} min"
-        name = f"{span}: RSS, last minute against minute 2"
+        found.append(_absolute(results, f"{span}: RSS at the end", "soak_rss_mb", RSS_MB, "MB"))
+        name = f"{span}: RSS, last minute against minute {results.get('soak_baseline_minute', 2):g}"
         found.append(_absolute(results, name, "soak_rss_drift_mb", SOAK_RSS_DRIFT_MB, "MB"))
         name = f"{span}: CPU/request, last minute against the median"
         found.append(_absolute(results, name, "soak_cpu_drift_percent", SOAK_CPU_DRIFT_PERCENT, "%"))
