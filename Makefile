@@ -11,7 +11,7 @@ APT_TOOLS := prometheus redis-server
 APT_COMMANDS := prometheus promtool redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup tools test lint demo bench bench-shared clean
+.PHONY: setup tools test lint demo bench bench-soak bench-shared clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -51,8 +51,14 @@ DEMO_PROVIDERS := --providers 5 \
 demo: setup
 	$(BIN)/zg-router devnet --serve --gateway-port 8080 $(DEMO_PROVIDERS)
 
+# The bare hop and both gateways (verification off and on) in one run, then issue 18's goals.
 bench: setup
 	$(BIN)/python bench/bench.py
+
+# One gateway at 100 req/s for MINUTES minutes: RSS and CPU per request each minute, then flat or not.
+MINUTES ?= 10
+bench-soak: setup
+	$(BIN)/python bench/bench.py --soak --minutes $(MINUTES)
 
 # The gateway admitting through Redis against the same gateway in memory (bench/shared.py).
 bench-shared: setup tools

@@ -1,8 +1,10 @@
 """The reference hop for the benchmark: the least a Python proxy can do, on the same aiohttp stack.
 
 One handler that reads the body and forwards it to one provider with a fixed session token, nothing else:
-no routing, limits, failover or logging. The benchmark runs it beside the gateway, so that the gateway's
-cost can be read against what any aiohttp proxy costs on the same machine.
+no routing, limits, failover or logging. A streamed request (``"stream": true`` in its body) has the
+provider's SSE bytes relayed chunk by chunk as they arrive. It runs on uvloop, as the gateway does. The
+benchmark runs it beside the gateway, so that the gateway's cost can be read against what any aiohttp
+proxy costs on the same machine.
 """
 
 from __future__ import annotations
@@ -10,7 +12,21 @@ from __future__ import annotations
 import asyncio
 import os
 
-from aiohttp import ClientSession, TCPConnector, web
+import uvloop
+from aiohttp import ClientResponse, ClientSession, TCPConnector, web
+
+# A byte search rather than a JSON parse: the least a proxy can do to tell a stream (both spacings).
+STREAM_MARKERS = (b'"stream": true', b'"stream":true')
+
+
+async def relay(request: web.Request, reply: ClientResponse) -> web.StreamResponse:
+    """The provider's SSE bytes, written on as each chunk arrives."""
+    response = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    async for chunk in reply.content.iter_any():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def main() -> None:
@@ -22,9 +38,11 @@ async def main() -> None:
     headers = {"Authorization": authorization, "Content-Type": "application/json"}
     async with ClientSession(connector=TCPConnector(limit=0)) as session:
 
-        async def forward(request: web.Request) -> web.Response:
+        async def forward(request: web.Request) -> web.StreamResponse:
             body = await request.read()
             async with session.post(upstream, data=body, headers=headers) as reply:
+                if any(marker in body for marker in STREAM_MARKERS):
+                    return await relay(request, reply)
                 return web.Response(
                     body=await reply.read(), status=reply.status, content_type="application/json"
                 )
@@ -41,4 +59,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -1,23 +1,25 @@
-"""Benchmark: the same load straight to the simulated providers, then through the zg-router gateway.
+"""Benchmark: the same load straight to the simulated providers, through a bare hop, and through zg-router.
 
-    .venv/bin/python bench/bench.py [--quick] [--json]
+    .venv/bin/python bench/bench.py [--quick] [--rounds N] [--json]
+    .venv/bin/python bench/bench.py --soak [--minutes N] [--json]        (bench/soak.py)
 
-Starts a devnet with fast providers (no latency, limits out of the way) in this process, and the gateway
-as a separate ``zg-router serve`` process pinned to one core, so that its CPU time per request can be read
-from /proc. This process (devnet + load generator) runs on the other core. Every load loop is bounded.
+Starts a devnet with fast providers (no latency, limits out of the way) in this process, and each hop as
+a separate process pinned to the second core, so that its CPU time per request can be read from /proc.
+This process (devnet + load generator) runs on the first core. Every load loop is bounded.
 
-The gateway runs twice: as configured by default (every TEE response verified after delivery, the
-verifier's lookups and hashing in the same process) and with ``[verify] sample_rate = 0``
-(``gateway_unverified``), so the cost of verification shows. A third target is ``bare_hop.py``, the
-least an aiohttp proxy can do (read, forward, write back), run the same way on the same core: the
-gateway's figures are best read against it, since absolute CPU times depend on the machine.
+Four targets: ``direct`` (a provider), ``bare_hop`` (``bare_hop.py``, the least an aiohttp proxy can do:
+read, forward, write back, relay a stream's bytes), ``gateway_unverified`` (``zg-router serve`` with
+``[verify] sample_rate = 0``) and ``gateway`` (every TEE response verified after delivery; each phase
+waits for its verifier to catch up and counts that CPU to the phase). The gateways' figures are read
+against the bare hop's measured in the same run, since absolute CPU times depend on the machine.
 
-Reported, for direct / bare hop / gateway where it applies:
-- throughput at concurrency 32 (closed loop);
-- latency p50/p99 at a fixed 100 req/s (open loop), and what each hop adds to the direct figures;
-- time to first event for streams at 20 req/s (gateway vs direct);
-- CPU per request of the hop process (user + system time from /proc) at c32 and at 100 req/s, and the
-  gateway's RSS at the end.
+The load runs in rounds (``--rounds``, default 2) that split it; each phase goes to every target in turn,
+in an order that alternates round by round, so that a neighbour's burst on a shared machine weighs on all;
+figures pool the rounds. Per target: throughput and CPU per request at concurrency 32 (closed loop);
+latency p50/p99 and CPU per request at 50 and at 100 req/s (open loop) and what each hop adds to the
+direct figures; streams of 20 SSE events at 20 req/s, their time to first token and CPU per stream. Then
+each gateway's RSS, and its start to ready (spawn to the first /readyz 200, median of three) with static
+upstreams only and on the devnet preset. ``bench/goals.py`` judges issue 18's goals from the figures.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
+from goals import goals, report
 
 from router.chain.session import SessionTokens
 from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
@@ -47,13 +51,21 @@ API_KEY = "sk-bench-0123456789abcdef"
 PROVIDERS = 3
 # Limits far above the load: the benchmark measures the hop, not the providers' throttling.
 UNLIMITED = RateLimits(requests_per_minute=10_000_000, burst=100_000, max_concurrent=100_000)
-BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello, how are you?"}]}).encode()
+MESSAGES = [{"role": "user", "content": "hello, how are you?"}]
+BODY = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
+# ``ignore_eos`` makes the simulator say exactly ``max_tokens`` words, one SSE event each, after the role's
+# event and before the finish, the usage and [DONE]: 16 words are 20 events.
+STREAM_WORDS = 16
+STREAM_EVENTS = STREAM_WORDS + 4
 STREAM_BODY = json.dumps(
-    {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hello, how are you?"}]}
+    {"model": MODEL, "stream": True, "max_tokens": STREAM_WORDS, "ignore_eos": True, "messages": MESSAGES}
 ).encode()
+# Requests of a full run, over all rounds: ~5 s at c32, 10 s at each rate, 20 s of streams.
+C32_REQUESTS, RATES, STREAMS, STREAM_RATE = 5000, {50: 500, 100: 1000}, 400, 20
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Read before this process pins itself to the first: the hops go to the second core.
 CORES = sorted(os.sched_getaffinity(0))
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,6 +74,10 @@ class Target:
 
     url: str
     headers: Callable[[], Awaitable[dict[str, str]]]
+
+
+async def gateway_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -105,7 +121,8 @@ async def open_loop(http: aiohttp.ClientSession, target: Target, rate: float, to
 
 
 async def ttfts(http: aiohttp.ClientSession, target: Target, rate: float, total: int) -> list[float]:
-    """Time to the first SSE event for ``total`` streams started at ``rate`` per second."""
+    """Time to the first SSE event for ``total`` streams started at ``rate`` per second, each read to its
+    end and checked to be ``STREAM_EVENTS`` events (the CPU per stream is per stream of that size)."""
     start = time.perf_counter()
 
     async def scheduled(index: int) -> float:
@@ -114,9 +131,12 @@ async def ttfts(http: aiohttp.ClientSession, target: Target, rate: float, total:
         async with http.post(target.url, data=STREAM_BODY, headers=await target.headers()) as response:
             first = await response.content.readline()
             ttft = time.perf_counter() - sent
-            await response.read()
-        if not first.startswith(b"data: "):
-            raise RuntimeError("stream did not start with an event")
+            whole = first + await response.read()
+        if response.status != 200 or not first.startswith(b"data: "):
+            raise RuntimeError(f"{target.url}: the stream did not start with an event ({response.status})")
+        events = whole.count(b"\n\n")
+        if events != STREAM_EVENTS:
+            raise RuntimeError(f"{target.url}: the stream had {events} events, not {STREAM_EVENTS}")
         return ttft
 
     return list(await asyncio.gather(*(scheduled(i) for i in range(total))))
@@ -140,6 +160,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def devnet_config() -> DevnetConfig:
+    spec = ProviderSpec(model=MODEL, limits=UNLIMITED, max_global_concurrent=100_000)
+    return DevnetConfig(providers=(spec,) * PROVIDERS, settle_interval=None)
+
+
 async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     env = {**os.environ, "UPSTREAM": upstream, "AUTHORIZATION": authorization, "PORT": str(port)}
@@ -149,43 +174,49 @@ async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.sub
     return process, await wait_listening(process, f"http://127.0.0.1:{port}", "/v1/chat/completions")
 
 
-async def wait_listening(process: asyncio.subprocess.Process, url: str, path: str) -> str:
-    """``url`` once something answers on ``path`` (any status), pinned to the second core if there is one."""
+async def wait_listening(
+    process: asyncio.subprocess.Process, url: str, path: str, interval: float = 0.05
+) -> str:
+    """``url`` once something answers on ``path`` (any status; /readyz: 200), polled every ``interval``
+    for at most 15 s; the process is pinned to the second core first, if there is one."""
     if len(CORES) > 1:
         os.sched_setaffinity(process.pid, {CORES[1]})
     async with aiohttp.ClientSession() as http:
-        for _ in range(300):
+        for _ in range(int(15 / interval)):
+            if process.returncode is not None:
+                raise RuntimeError(f"{url}: the process exited with {process.returncode}")
             try:
                 async with http.get(url + path) as response:
                     if path != "/readyz" or response.status == 200:
                         return url
             except aiohttp.ClientConnectionError:
                 pass
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(interval)
     process.kill()
     raise RuntimeError(f"{url} did not come up in 15 s")
 
 
-async def start_gateway(
-    devnet: Devnet, config_dir: Path, *, sample_rate: float, extra_config: str = ""
+async def spawn_gateway(
+    config_dir: Path, toml: str, devnet: Devnet | None
 ) -> tuple[asyncio.subprocess.Process, str, str]:
-    """A ``zg-router serve`` process, its URL and its metrics URL; ``sample_rate`` is the share of
-    responses TEE-verified, ``extra_config`` more TOML tables for its config (bench/shared.py's
-    ``[shared]``)."""
+    """A ``zg-router serve`` process with config ``toml`` (on ``devnet``'s network if given, with no
+    network otherwise), not yet waited for; its URL and metrics URL."""
     port, metrics_port = free_port(), free_port()
     config = config_dir / f"bench-{port}.toml"
-    config.write_text(
-        f"[transport]\nallow_private_targets = true\n[verify]\nsample_rate = {sample_rate}\n{extra_config}"
-    )
-    env = {
-        **os.environ,
-        "ZG_ROUTER_NETWORK": "devnet",
-        "ZG_ROUTER_RPC_URLS": devnet.rpc_url,
-        "ZG_ROUTER_PRIVATE_KEY": dev_private_key(USER_KEY_INDEX),
+    config.write_text(toml)
+    # None of this shell's ZG_ROUTER_* settings: a stray network would turn a static config into a chain one.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ZG_ROUTER_")}
+    env |= {
         "ZG_ROUTER_API_KEYS": API_KEY,
         "ZG_ROUTER_PORT": str(port),
         "ZG_ROUTER_METRICS_PORT": str(metrics_port),
     }
+    if devnet is not None:
+        env |= {
+            "ZG_ROUTER_NETWORK": "devnet",
+            "ZG_ROUTER_RPC_URLS": devnet.rpc_url,
+            "ZG_ROUTER_PRIVATE_KEY": dev_private_key(USER_KEY_INDEX),
+        }
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("zg-router")),
         "serve",
@@ -195,8 +226,34 @@ async def start_gateway(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    url = await wait_listening(process, f"http://127.0.0.1:{port}", "/readyz")
-    return process, url, f"http://127.0.0.1:{metrics_port}/metrics"
+    return process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+async def start_gateway(
+    devnet: Devnet, config_dir: Path, *, sample_rate: float, extra_config: str = ""
+) -> tuple[asyncio.subprocess.Process, str, str]:
+    """A ``zg-router serve`` process on the devnet, once ready, its URL and its metrics URL;
+    ``sample_rate`` is the share of responses TEE-verified, ``extra_config`` more TOML tables for its
+    config (bench/shared.py's ``[shared]``)."""
+    toml = f"[transport]\nallow_private_targets = true\n[verify]\nsample_rate = {sample_rate}\n{extra_config}"
+    process, url, metrics_url = await spawn_gateway(config_dir, toml, devnet)
+    await wait_listening(process, url, "/readyz")
+    return process, url, metrics_url
+
+
+async def start_to_ready(config_dir: Path, toml: str, devnet: Devnet | None, starts: int = 3) -> float:
+    """Median seconds from spawning a gateway to its first /readyz 200 (polled every 10 ms)."""
+    times = []
+    for _ in range(starts):
+        started = time.perf_counter()
+        process, url, _ = await spawn_gateway(config_dir, toml, devnet)
+        try:
+            await wait_listening(process, url, "/readyz", interval=0.01)
+            times.append(time.perf_counter() - started)
+        finally:
+            process.terminate()
+            await process.wait()
+    return statistics.median(times)
 
 
 async def verified_all(http: aiohttp.ClientSession, metrics_url: str) -> None:
@@ -217,114 +274,221 @@ async def verified_all(http: aiohttp.ClientSession, metrics_url: str) -> None:
     raise RuntimeError(f"the gateway verified {verified:g} of {served:g} responses in 120 s")
 
 
-async def hop_figures(
-    http: aiohttp.ClientSession,
-    target: Target,
-    pid: int | None,
-    name: str,
-    scale: float,
-    settle: Callable[[], Awaitable[None]] | None = None,
-) -> dict[str, float]:
-    """Throughput at c32 and latencies at 100 req/s for one target; CPU per request if ``pid`` is a hop.
-    ``settle`` waits for the hop's background work after each phase; its CPU counts to that phase."""
-    figures: dict[str, float] = {}
-    await closed_loop(http, target, 32, 500)  # warm up connections, tokens, caches
-    if settle:
-        await settle()
-    total = int(5000 * scale)
-    cpu = cpu_seconds(pid) if pid else 0.0
-    figures[f"{name}_rps_c32"] = await closed_loop(http, target, 32, total)
-    if settle:
-        await settle()
-    if pid:
-        figures[f"{name}_cpu_ms_per_request_c32"] = (cpu_seconds(pid) - cpu) * 1000 / total
-    count = int(1000 * scale)
-    cpu = cpu_seconds(pid) if pid else 0.0
-    latencies = await open_loop(http, target, 100, count)
-    if settle:
-        await settle()
-    if pid:
-        figures[f"{name}_cpu_ms_per_request_100rps"] = (cpu_seconds(pid) - cpu) * 1000 / count
-    figures[f"{name}_p50_ms"] = percentile(latencies, 0.5) * 1000
-    figures[f"{name}_p99_ms"] = percentile(latencies, 0.99) * 1000
-    return figures
+@dataclass
+class Hop:
+    """A target under test, the process to meter (None: direct) and what it measured over the rounds."""
+
+    name: str
+    target: Target
+    pid: int | None = None
+    # Waits for the hop's background work after each phase (the verifier's): its CPU counts to the phase.
+    settle: Callable[[], Awaitable[None]] | None = None
+    # Per phase ("c32", "50rps", "100rps", "streams"): requests sent, seconds taken, CPU seconds spent.
+    requests: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    # Latencies in seconds, per phase ("50rps", "100rps", "ttft").
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+    async def metered(self, phase: str, count: int, load: Awaitable[T]) -> T:
+        """``load`` (of ``count`` requests) run, settled, and its time and CPU added to ``phase``'s."""
+        cpu = cpu_seconds(self.pid) if self.pid else 0.0
+        started = time.perf_counter()
+        result = await load
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+        if self.settle:
+            await self.settle()
+        if self.pid:
+            self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu_seconds(self.pid) - cpu
+        self.requests[phase] = self.requests.get(phase, 0) + count
+        return result
+
+    def figures(self) -> dict[str, float]:
+        name, results = self.name, {f"{self.name}_rps_c32": self.requests["c32"] / self.seconds["c32"]}
+        for phase, values in self.latencies.items():
+            for q in (0.5, 0.99):
+                label = f"ttft_p{q * 100:.0f}_ms" if phase == "ttft" else f"p{q * 100:.0f}_ms_{phase}"
+                results[f"{name}_{label}"] = percentile(values, q) * 1000
+        for phase, seconds in self.cpu.items():
+            unit = "stream" if phase == "streams" else f"request_{phase}"
+            results[f"{name}_cpu_ms_per_{unit}"] = seconds * 1000 / self.requests[phase]
+        return results
 
 
-async def run(quick: bool) -> dict[str, float]:
+async def warm_up(http: aiohttp.ClientSession, hop: Hop) -> None:
+    """Connections, tokens and caches warm, and the streams checked, before anything is measured."""
+    await closed_loop(http, hop.target, 32, 500)
+    await ttfts(http, hop.target, STREAM_RATE, 20)
+    if hop.settle:
+        await hop.settle()
+
+
+async def measure(http: aiohttp.ClientSession, hops: list[Hop], rounds: int, scale: float) -> None:
+    """The load in ``rounds``: each phase to every hop in turn, the order reversed every other round."""
+    share = scale / rounds
+    for round_ in range(rounds):
+        order = hops if round_ % 2 == 0 else hops[::-1]
+        count = int(C32_REQUESTS * share)
+        for hop in order:
+            await hop.metered("c32", count, closed_loop(http, hop.target, 32, count))
+        for rate, total in RATES.items():
+            count = int(total * share)
+            for hop in order:
+                latencies = await hop.metered(f"{rate}rps", count, open_loop(http, hop.target, rate, count))
+                hop.latencies.setdefault(f"{rate}rps", []).extend(latencies)
+        count = int(STREAMS * share)
+        for hop in order:
+            latencies = await hop.metered("streams", count, ttfts(http, hop.target, STREAM_RATE, count))
+            hop.latencies.setdefault("ttft", []).extend(latencies)
+
+
+def added(results: dict[str, float], hops: list[str]) -> dict[str, float]:
+    """What each hop adds to the direct latencies (p50 and p99, each rate, time to first token)."""
+    labels = [f"{q}_ms_{rate}rps" for rate in RATES for q in ("p50", "p99")] + ["ttft_p50_ms", "ttft_p99_ms"]
+    return {
+        f"{hop}_added_{label}": results[f"{hop}_{label}"] - results[f"direct_{label}"]
+        for hop in hops
+        for label in labels
+    }
+
+
+async def run(quick: bool, rounds: int) -> dict[str, float]:
     if len(CORES) > 1:
         os.sched_setaffinity(0, {CORES[0]})
     scale = 0.2 if quick else 1.0
-    spec = ProviderSpec(model=MODEL, limits=UNLIMITED, max_global_concurrent=100_000)
-    config = DevnetConfig(providers=(spec,) * PROVIDERS, settle_interval=None)
     results: dict[str, float] = {}
-    async with Devnet(config) as devnet:
-        tokens = SessionTokens(devnet.user)
+    async with Devnet(devnet_config()) as devnet:
         provider = devnet.providers[0]
-        authorization = await tokens.authorization(provider.address)
+        authorization = await SessionTokens(devnet.user).authorization(provider.address)
 
         async def direct_headers() -> dict[str, str]:
             return {"Authorization": authorization, "Content-Type": "application/json"}
 
-        async def gateway_headers() -> dict[str, str]:
-            return {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-
         upstream = provider.url + "/v1/proxy/chat/completions"
-        direct = Target(upstream, direct_headers)
         with tempfile.TemporaryDirectory() as tmp:
             bare_process, bare_url = await start_bare_hop(upstream, authorization)
             process, gateway_url, metrics_url = await start_gateway(devnet, Path(tmp), sample_rate=1.0)
             plain_process, plain_url, _ = await start_gateway(devnet, Path(tmp), sample_rate=0.0)
-            bare = Target(bare_url + "/v1/chat/completions", direct_headers)
-            routed = Target(gateway_url + "/v1/chat/completions", gateway_headers)
-            unverified = Target(plain_url + "/v1/chat/completions", gateway_headers)
+            processes = {"bare_hop": bare_process, "gateway_unverified": plain_process, "gateway": process}
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-                    results |= await hop_figures(http, direct, None, "direct", scale)
-                    results |= await hop_figures(http, bare, bare_process.pid, "bare_hop", scale)
-                    results |= await hop_figures(
-                        http, unverified, plain_process.pid, "gateway_unverified", scale
-                    )
-                    results |= await hop_figures(
-                        http,
-                        routed,
-                        process.pid,
-                        "gateway",
-                        scale,
-                        settle=functools.partial(verified_all, http, metrics_url),
-                    )
-                    for hop in ("bare_hop", "gateway", "gateway_unverified"):
-                        for q in ("p50", "p99"):
-                            results[f"{hop}_added_{q}_ms"] = (
-                                results[f"{hop}_{q}_ms"] - results[f"direct_{q}_ms"]
-                            )
-                    streams = int(400 * scale)
-                    direct_ttft = await ttfts(http, direct, 20, streams)
-                    routed_ttft = await ttfts(http, routed, 20, streams)
-                    results["direct_ttft_p50_ms"] = statistics.median(direct_ttft) * 1000
-                    results["gateway_ttft_p50_ms"] = statistics.median(routed_ttft) * 1000
-                    results["gateway_added_ttft_p50_ms"] = (
-                        results["gateway_ttft_p50_ms"] - results["direct_ttft_p50_ms"]
-                    )
-                    results["gateway_rss_mb"] = rss_mb(process.pid)
+                    hops = [
+                        Hop("direct", Target(upstream, direct_headers)),
+                        Hop(
+                            "bare_hop",
+                            Target(bare_url + "/v1/chat/completions", direct_headers),
+                            bare_process.pid,
+                        ),
+                        Hop(
+                            "gateway_unverified",
+                            Target(plain_url + "/v1/chat/completions", gateway_headers),
+                            plain_process.pid,
+                        ),
+                        Hop(
+                            "gateway",
+                            Target(gateway_url + "/v1/chat/completions", gateway_headers),
+                            process.pid,
+                            functools.partial(verified_all, http, metrics_url),
+                        ),
+                    ]
+                    for hop in hops:
+                        await warm_up(http, hop)
+                    await measure(http, hops, rounds, scale)
+                for hop in hops:
+                    results |= hop.figures()
+                results |= added(results, [hop.name for hop in hops[1:]])
+                results |= {f"{name}_rss_mb": rss_mb(p.pid) for name, p in processes.items()}
+                # Started while the others idle: the bare hop serves as the static upstream.
+                static = (
+                    "[transport]\nallow_private_targets = true\n"
+                    f'[[upstreams]]\nname = "bare"\nurl = "{bare_url}/v1"\nmodels = ["{MODEL}"]\n'
+                )
+                results["ready_static_s"] = await start_to_ready(Path(tmp), static, None)
+                preset = "[transport]\nallow_private_targets = true\n"
+                results["ready_devnet_s"] = await start_to_ready(Path(tmp), preset, devnet)
             finally:
-                for hop_process in (process, plain_process, bare_process):
+                for hop_process in processes.values():
                     hop_process.terminate()
                     await hop_process.wait()
     return results
 
 
+# The figures table: a row per measure, a column per target; then the figures that stand alone.
+ROWS = {
+    "rps_c32": "throughput at concurrency 32 (req/s)",
+    "cpu_ms_per_request_c32": "CPU per request at c32 (ms)",
+    **{
+        f"{key}_{rate}rps": f"{label} at {rate} req/s (ms)"
+        for rate in RATES
+        for key, label in (
+            ("p50_ms", "latency p50"),
+            ("p99_ms", "latency p99"),
+            ("added_p50_ms", "added latency p50"),
+            ("added_p99_ms", "added latency p99"),
+            ("cpu_ms_per_request", "CPU per request"),
+        )
+    },
+    "ttft_p50_ms": f"time to first token p50, {STREAM_RATE} streams/s (ms)",
+    "ttft_p99_ms": "time to first token p99 (ms)",
+    "added_ttft_p50_ms": "added time to first token p50 (ms)",
+    "added_ttft_p99_ms": "added time to first token p99 (ms)",
+    "cpu_ms_per_stream": f"CPU per stream of {STREAM_EVENTS} events (ms)",
+    "rss_mb": "RSS after the runs (MB)",
+}
+COLUMNS = {
+    "direct": "direct",
+    "bare_hop": "bare hop",
+    "gateway_unverified": "gw verify off",
+    "gateway": "gw verified",
+}
+SINGLE = {
+    "ready_static_s": "start to ready, static upstreams (s)",
+    "ready_devnet_s": "start to ready, devnet (s)",
+}
+
+
+def table(results: dict[str, float]) -> str:
+    width = max(len(label) for label in (*ROWS.values(), *SINGLE.values()))
+    lines = [f"{'':<{width}}" + "".join(f"{title:>15}" for title in COLUMNS.values())]
+    for key, label in ROWS.items():
+        cells = [results.get(f"{hop}_{key}") for hop in COLUMNS]
+        lines.append(f"{label:<{width}}" + "".join(f"{'' if c is None else f'{c:.2f}':>15}" for c in cells))
+    lines += [f"{label:<{width}}{results[key]:>15.3f}" for key, label in SINGLE.items() if key in results]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the requests (a smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds the load is split into (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the results and goals as one JSON object")
+    parser.add_argument("--soak", action="store_true", help="one gateway at 100 req/s, reported per minute")
+    parser.add_argument("--minutes", type=int, default=10, help="the soak's length (default 10)")
     args = parser.parse_args()
-    results = asyncio.run(run(args.quick))
+    if args.rounds < 1 or args.minutes < 1:
+        parser.error("--rounds and --minutes must be at least 1")
+    if args.soak:
+        # Imported here, before anything pins this process: soak imports this module as ``bench``,
+        # whose CORES must see both cores.
+        from soak import soak
+
+        results = asyncio.run(soak(args.minutes, quiet=args.json))
+    else:
+        results = asyncio.run(run(args.quick, args.rounds))
+    judged = goals(results)
     if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+        rounded = {key: round(value, 3) for key, value in results.items()}
+        listed = [
+            {"name": g.name, "figure": round(g.figure, 3), "limit": g.limit, "unit": g.unit, "met": g.met}
+            for g in judged
+        ]
+        print(json.dumps({"results": rounded, "goals": listed}))
         return
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.3f}")
+    if not args.soak:
+        print(table(results))
+        print()
+    print(report(judged))
+    print(f"({len(CORES)} cores; figures on a busy machine move by tens of percent)", file=sys.stderr)
 
 
 if __name__ == "__main__":
