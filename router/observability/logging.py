@@ -7,12 +7,15 @@ what a bug or a third-party message might still carry (an exception's text, say)
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from router.errors import ConfigError, clipped
@@ -48,6 +51,8 @@ SECRET_FIELDS = frozenset(
         "secret",
     }
 )
+# Values with nothing to blank in them.
+_PLAIN = frozenset({int, float, bool})
 # Session tokens (protocol.md §3) and bearer credentials, wherever they turn up in a string.
 _TOKEN = re.compile(r"app-sk-[A-Za-z0-9+/=_-]+|(?i:bearer)\s+\S+")
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -78,7 +83,7 @@ def configure_logging(
         format = "console" if out.isatty() else "json"
     renderer: structlog.typing.Processor
     if format == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
     elif format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
@@ -98,6 +103,16 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     _route_stdlib(numeric, out, stamp, [structlog.processors.format_exc_info, redactor, renderer])
+
+
+def _json_line(value: Any, **options: Any) -> str:
+    """A log line's JSON through orjson (a request's line costs a third of the standard library's); the
+    standard library for what orjson will not write (integers past 64 bits, keys that are not text).
+    ``options`` holds structlog's ``default`` for values neither can (their repr)."""
+    try:
+        return orjson.dumps(value, default=options.get("default")).decode()
+    except TypeError:
+        return json.dumps(value, **options)
 
 
 class _StdlibHandler(logging.StreamHandler[TextIO]):
@@ -140,12 +155,19 @@ class Redactor:
                 needles.add(bare.lower())
         # Longest first: a secret that contains another is blanked whole.
         self._pattern = re.compile("|".join([*sorted(words, key=len, reverse=True), _TOKEN.pattern]))
-        # Substring tests are far cheaper than the regex; most strings contain none of these.
-        self._needles = tuple(needles)
+        # A search for any of these plain substrings of the lowered text is far cheaper than the pattern;
+        # most strings contain none of them. One literal alternation searches them all in one C call.
+        self._needles = re.compile("|".join(re.escape(needle) for needle in sorted(needles)))
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        # Every request writes a line: the common values (text, numbers, None) are checked inline.
         for key, value in event_dict.items():
-            event_dict[key] = REDACTED if key.lower() in SECRET_FIELDS else self._clean(value)
+            if _secret_field(key):
+                event_dict[key] = REDACTED
+            elif type(value) is str:
+                event_dict[key] = self._text(value)
+            elif value is not None and type(value) not in _PLAIN:
+                event_dict[key] = self._clean(value)
         return event_dict
 
     def _clean(self, value: Any) -> Any:
@@ -167,10 +189,15 @@ class Redactor:
         return value if cleaned is text else cleaned
 
     def _text(self, text: str) -> str:
-        lowered = text.lower()
-        if any(needle in lowered for needle in self._needles):
+        if self._needles.search(text.lower()) is not None:
             return self._pattern.sub(REDACTED, text)
         return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_field(name: str) -> bool:
+    """Whether a field of this name is blanked whatever it holds (asked once per name: names repeat)."""
+    return name.lower() in SECRET_FIELDS
 
 
 class LogObserver:

@@ -489,3 +489,23 @@ def test_restoring_undoes_the_configuration_and_the_cached_loggers() -> None:
         gateway_app._log.info("outside")
     assert [line["event"] for line in json_lines(stream)] == ["inside"]
     assert [event["event"] for event in events] == ["outside"]
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_json_lines_hold_what_orjson_cannot_write() -> None:
+    """Integers past 64 bits (wei amounts can be), keys that are not text and objects of no JSON type
+    still make one JSON line each, with the integer exact and the object as its repr."""
+    out = io.StringIO()
+    configure_logging("info", format="json", stream=out)
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    log = structlog.get_logger("router.test")
+    log.info("big", amount=10**30, by_block={7: "seven"})
+    log.info("odd", thing=Opaque())
+    big, odd = json_lines(out)
+    assert big["amount"] == 10**30
+    assert big["by_block"] == {"7": "seven"}
+    assert odd["thing"] == "<opaque>"
