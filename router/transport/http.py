@@ -149,10 +149,15 @@ class HttpTransport:
             socket_factory=None if self.options.allow_private_targets else guarded_socket,
         )
         static = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-        # auto_decompress off: bodies pass through byte for byte, with their Content-Encoding.
+        # auto_decompress off: bodies pass through byte for byte, with their Content-Encoding. No cookie
+        # jar: a cookie one provider sets must not reach another on the same host (and matching cookies
+        # to every request is work for nothing).
         for kind, connector in ((ProviderKind.CHAIN, registry), (ProviderKind.STATIC, static)):
             self._sessions[kind] = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self
 

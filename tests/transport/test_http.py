@@ -287,3 +287,27 @@ class TestConnectGuard:
             upstream = await post(transport, provider(target_url))
             assert (upstream.status, await upstream.read()) == (200, REPLY)
         assert seen.paths == ["/v1/proxy" + CHAT]
+
+
+async def test_a_cookie_one_provider_sets_reaches_no_provider() -> None:
+    """Two providers on one host: the first answers with Set-Cookie; neither sees it come back."""
+    cookies: list[str | None] = []
+
+    async def setting(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        response = web.Response(body=REPLY, content_type="application/json")
+        response.set_cookie("session", "provider-a-secret")
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", setting)
+    async with serving(app) as url, HttpTransport(TransportOptions(allow_private_targets=True)) as transport:
+        # By name: aiohttp's own jar would keep no cookie of a bare IP address.
+        named = url.replace("127.0.0.1", "localhost")
+        first = ProviderInfo("0xa", ProviderKind.CHAIN, named + "/a", named + "/a/models", "chatbot", ("m",))
+        second = ProviderInfo("0xb", ProviderKind.CHAIN, named + "/b", named + "/b/models", "chatbot", ("m",))
+        for info in (first, second, first):
+            upstream = await post(transport, info)
+            assert upstream.status == 200
+            await upstream.read()
+    assert cookies == [None, None, None]
