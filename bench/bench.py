@@ -19,13 +19,16 @@ figures pool the rounds. Per target: throughput and CPU per request at concurren
 latency p50/p99 and CPU per request at 50 and at 100 req/s (open loop) and what each hop adds to the
 direct figures; streams of 20 SSE events at 20 req/s, their time to first token and CPU per stream. Then
 each gateway's RSS, and its start to ready (spawn to the first /readyz 200, median of three) with static
-upstreams only and on the devnet preset. ``bench/goals.py`` judges issue 18's goals from the figures.
+upstreams only and on the devnet preset; for reference, the bare hop's start to ready and the wall time
+of ``import aiohttp.web``, what the platform itself costs. ``bench/goals.py`` judges issue 18's goals from
+the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import functools
 import json
 import os
@@ -42,6 +45,7 @@ from typing import TypeVar
 import aiohttp
 from goals import goals, report
 
+import router
 from router.chain.session import SessionTokens
 from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
 from router.devnet.simulator.limits import RateLimits
@@ -165,13 +169,19 @@ def devnet_config() -> DevnetConfig:
     return DevnetConfig(providers=(spec,) * PROVIDERS, settle_interval=None)
 
 
-async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+async def spawn_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A bare hop process, not yet waited for, and its URL."""
     port = free_port()
     env = {**os.environ, "UPSTREAM": upstream, "AUTHORIZATION": authorization, "PORT": str(port)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("bare_hop.py")), env=env
     )
-    return process, await wait_listening(process, f"http://127.0.0.1:{port}", "/v1/chat/completions")
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+    process, url = await spawn_bare_hop(upstream, authorization)
+    return process, await wait_listening(process, url, "/readyz")
 
 
 async def wait_listening(
@@ -241,18 +251,52 @@ async def start_gateway(
     return process, url, metrics_url
 
 
-async def start_to_ready(config_dir: Path, toml: str, devnet: Devnet | None, starts: int = 3) -> float:
-    """Median seconds from spawning a gateway to its first /readyz 200 (polled every 10 ms)."""
+def compile_router() -> None:
+    """Bytecode for our ``router`` package, written once before anything is timed. This machine sets
+    PYTHONDONTWRITEBYTECODE=1, so an editable install never caches any and every start would compile
+    the package from source, a cost a pip-installed user (whose wheel install writes the bytecode) never
+    pays. The processes still write none; they only read these (and recompile a file edited since)."""
+    compileall.compile_dir(Path(router.__file__).parent, quiet=1)
+
+
+Spawn = Callable[[], Awaitable[tuple[asyncio.subprocess.Process, str]]]
+
+
+async def start_to_ready(spawn: Spawn, starts: int = 3) -> float:
+    """Median seconds from ``spawn`` (a process and its URL) to its first /readyz 200 (polled every
+    10 ms)."""
     times = []
     for _ in range(starts):
         started = time.perf_counter()
-        process, url, _ = await spawn_gateway(config_dir, toml, devnet)
+        process, url = await spawn()
         try:
             await wait_listening(process, url, "/readyz", interval=0.01)
             times.append(time.perf_counter() - started)
         finally:
             process.terminate()
             await process.wait()
+    return statistics.median(times)
+
+
+async def gateway_start(
+    config_dir: Path, toml: str, devnet: Devnet | None
+) -> tuple[asyncio.subprocess.Process, str]:
+    process, url, _ = await spawn_gateway(config_dir, toml, devnet)
+    return process, url
+
+
+async def import_seconds(module: str = "aiohttp.web", runs: int = 3) -> float:
+    """Median wall seconds of ``python -c "import <module>"`` on the second core: the floor of any
+    aiohttp server's start on this machine."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", f"import {module}")
+        if len(CORES) > 1:
+            os.sched_setaffinity(process.pid, {CORES[1]})
+        if await process.wait() != 0:
+            raise RuntimeError(f"import {module} failed ({process.returncode})")
+        times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
@@ -355,6 +399,7 @@ def added(results: dict[str, float], hops: list[str]) -> dict[str, float]:
 async def run(quick: bool, rounds: int) -> dict[str, float]:
     if len(CORES) > 1:
         os.sched_setaffinity(0, {CORES[0]})
+    compile_router()
     scale = 0.2 if quick else 1.0
     results: dict[str, float] = {}
     async with Devnet(devnet_config()) as devnet:
@@ -403,9 +448,15 @@ async def run(quick: bool, rounds: int) -> dict[str, float]:
                     "[transport]\nallow_private_targets = true\n"
                     f'[[upstreams]]\nname = "bare"\nurl = "{bare_url}/v1"\nmodels = ["{MODEL}"]\n'
                 )
-                results["ready_static_s"] = await start_to_ready(Path(tmp), static, None)
+                static_start = functools.partial(gateway_start, Path(tmp), static, None)
+                results["ready_static_s"] = await start_to_ready(static_start)
                 preset = "[transport]\nallow_private_targets = true\n"
-                results["ready_devnet_s"] = await start_to_ready(Path(tmp), preset, devnet)
+                devnet_start = functools.partial(gateway_start, Path(tmp), preset, devnet)
+                results["ready_devnet_s"] = await start_to_ready(devnet_start)
+                # For reference: what starting any aiohttp server costs here, not goals.
+                bare_start = functools.partial(spawn_bare_hop, upstream, authorization)
+                results["bare_hop_ready_s"] = await start_to_ready(bare_start)
+                results["import_aiohttp_s"] = await import_seconds()
             finally:
                 for hop_process in processes.values():
                     hop_process.terminate()
@@ -444,6 +495,8 @@ COLUMNS = {
 SINGLE = {
     "ready_static_s": "start to ready, static upstreams (s)",
     "ready_devnet_s": "start to ready, devnet (s)",
+    "bare_hop_ready_s": "start to ready, bare hop (s)",
+    "import_aiohttp_s": "python -c 'import aiohttp.web' (s)",
 }
 
 
