@@ -1,6 +1,6 @@
 """Benchmark: the same load straight to the simulated providers, through a bare hop, and through zg-router.
 
-    .venv/bin/python bench/bench.py [--quick] [--rounds N] [--json]
+    .venv/bin/python bench/bench.py [--quick] [--rounds N] [--profile DIR] [--json]
     .venv/bin/python bench/bench.py --soak [--minutes N] [--json]        (bench/soak.py)
 
 Starts a devnet with fast providers (no latency, limits out of the way) in this process, and each hop as
@@ -21,7 +21,8 @@ direct figures; streams of 20 SSE events at 20 req/s, their time to first token 
 each gateway's RSS, and its start to ready (spawn to the first /readyz 200, median of three) with static
 upstreams only and on the devnet preset; for reference, the bare hop's start to ready and the wall time
 of ``import aiohttp.web``, what the platform itself costs. ``bench/goals.py`` judges issue 18's goals from
-the figures.
+the figures. ``--profile DIR`` records each gateway with py-spy through its c32 phase of the first round
+(``bench/profile.py``): ``DIR/<hop>.raw`` and its top functions, ``DIR/<hop>.top.txt``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
+import contextlib
 import functools
 import json
 import os
@@ -40,6 +42,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# bench/profile.py, first on the path of a script run from bench/ (ruff files it with the standard library).
+from profile import recording, write_tops
 from typing import TypeVar
 
 import aiohttp
@@ -367,14 +372,25 @@ async def warm_up(http: aiohttp.ClientSession, hop: Hop) -> None:
         await hop.settle()
 
 
-async def measure(http: aiohttp.ClientSession, hops: list[Hop], rounds: int, scale: float) -> None:
-    """The load in ``rounds``: each phase to every hop in turn, the order reversed every other round."""
+def profiled(hop: Hop, profile: Path | None) -> contextlib.AbstractAsyncContextManager[None]:
+    """py-spy on a gateway's process into ``profile/<hop>.raw`` if ``profile`` is given."""
+    if profile is None or hop.pid is None or not hop.name.startswith("gateway"):
+        return contextlib.nullcontext()
+    return recording(hop.pid, profile / f"{hop.name}.raw")
+
+
+async def measure(
+    http: aiohttp.ClientSession, hops: list[Hop], rounds: int, scale: float, profile: Path | None = None
+) -> None:
+    """The load in ``rounds``: each phase to every hop in turn, the order reversed every other round;
+    with ``profile``, each gateway recorded through its c32 phase of the first round."""
     share = scale / rounds
     for round_ in range(rounds):
         order = hops if round_ % 2 == 0 else hops[::-1]
         count = int(C32_REQUESTS * share)
         for hop in order:
-            await hop.metered("c32", count, closed_loop(http, hop.target, 32, count))
+            async with profiled(hop, profile if round_ == 0 else None):
+                await hop.metered("c32", count, closed_loop(http, hop.target, 32, count))
         for rate, total in RATES.items():
             count = int(total * share)
             for hop in order:
@@ -396,7 +412,7 @@ def added(results: dict[str, float], hops: list[str]) -> dict[str, float]:
     }
 
 
-async def run(quick: bool, rounds: int) -> dict[str, float]:
+async def run(quick: bool, rounds: int, profile: Path | None = None) -> dict[str, float]:
     if len(CORES) > 1:
         os.sched_setaffinity(0, {CORES[0]})
     compile_router()
@@ -438,7 +454,9 @@ async def run(quick: bool, rounds: int) -> dict[str, float]:
                     ]
                     for hop in hops:
                         await warm_up(http, hop)
-                    await measure(http, hops, rounds, scale)
+                    await measure(http, hops, rounds, scale, profile)
+                if profile is not None:
+                    write_tops(profile)
                 for hop in hops:
                     results |= hop.figures()
                 results |= added(results, [hop.name for hop in hops[1:]])
@@ -514,6 +532,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the requests (a smoke run)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds the load is split into (default 2)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy each gateway through its first c32 phase: DIR/<hop>.raw and DIR/<hop>.top.txt",
+    )
     parser.add_argument("--json", action="store_true", help="print the results and goals as one JSON object")
     parser.add_argument("--soak", action="store_true", help="one gateway at 100 req/s, reported per minute")
     parser.add_argument("--minutes", type=int, default=10, help="the soak's length (default 10)")
@@ -527,7 +551,7 @@ def main() -> None:
 
         results = asyncio.run(soak(args.minutes, quiet=args.json))
     else:
-        results = asyncio.run(run(args.quick, args.rounds))
+        results = asyncio.run(run(args.quick, args.rounds, args.profile))
     judged = goals(results)
     if args.json:
         rounded = {key: round(value, 3) for key, value in results.items()}
