@@ -4,7 +4,8 @@ One handler that reads the body and forwards it to one provider with a fixed ses
 no routing, limits, failover or logging. A streamed request (``"stream": true`` in its body) has the
 provider's SSE bytes relayed chunk by chunk as they arrive. It runs on uvloop, as the gateway does. The
 benchmark runs it beside the gateway, so that the gateway's cost can be read against what any aiohttp
-proxy costs on the same machine.
+proxy costs on the same machine. ``GET /readyz`` answers 200 at once: the benchmark times the hop's
+start to ready (spawn to its first answer) as the platform's own start cost.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ async def main() -> None:
                     body=await reply.read(), status=reply.status, content_type="application/json"
                 )
 
+        async def ready(_: web.Request) -> web.Response:
+            return web.Response(text="ready")
+
         app = web.Application()
         app.router.add_post("/v1/chat/completions", forward)
+        app.router.add_get("/readyz", ready)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -1,6 +1,6 @@
 """Benchmark: the same load straight to the simulated providers, through a bare hop, and through zg-router.
 
-    .venv/bin/python bench/bench.py [--quick] [--rounds N] [--json]
+    .venv/bin/python bench/bench.py [--quick] [--rounds N] [--profile DIR] [--json]
     .venv/bin/python bench/bench.py --soak [--minutes N] [--json]        (bench/soak.py)
 
 Starts a devnet with fast providers (no latency, limits out of the way) in this process, and each hop as
@@ -19,13 +19,18 @@ figures pool the rounds. Per target: throughput and CPU per request at concurren
 latency p50/p99 and CPU per request at 50 and at 100 req/s (open loop) and what each hop adds to the
 direct figures; streams of 20 SSE events at 20 req/s, their time to first token and CPU per stream. Then
 each gateway's RSS, and its start to ready (spawn to the first /readyz 200, median of three) with static
-upstreams only and on the devnet preset. ``bench/goals.py`` judges issue 18's goals from the figures.
+upstreams only and on the devnet preset; for reference, the bare hop's start to ready and the wall time
+of ``import aiohttp.web``, what the platform itself costs. ``bench/goals.py`` judges issue 18's goals from
+the figures. ``--profile DIR`` records each gateway with py-spy through its c32 phase of the first round
+(``bench/profile.py``): ``DIR/<hop>.raw`` and its top functions, ``DIR/<hop>.top.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
+import contextlib
 import functools
 import json
 import os
@@ -37,11 +42,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# bench/profile.py, first on the path of a script run from bench/ (ruff files it with the standard library).
+from profile import recording, write_tops
 from typing import TypeVar
 
 import aiohttp
 from goals import goals, report
 
+import router
 from router.chain.session import SessionTokens
 from router.devnet import USER_KEY_INDEX, Devnet, DevnetConfig, ProviderSpec, dev_private_key
 from router.devnet.simulator.limits import RateLimits
@@ -165,13 +174,19 @@ def devnet_config() -> DevnetConfig:
     return DevnetConfig(providers=(spec,) * PROVIDERS, settle_interval=None)
 
 
-async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+async def spawn_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A bare hop process, not yet waited for, and its URL."""
     port = free_port()
     env = {**os.environ, "UPSTREAM": upstream, "AUTHORIZATION": authorization, "PORT": str(port)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("bare_hop.py")), env=env
     )
-    return process, await wait_listening(process, f"http://127.0.0.1:{port}", "/v1/chat/completions")
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def start_bare_hop(upstream: str, authorization: str) -> tuple[asyncio.subprocess.Process, str]:
+    process, url = await spawn_bare_hop(upstream, authorization)
+    return process, await wait_listening(process, url, "/readyz")
 
 
 async def wait_listening(
@@ -241,18 +256,52 @@ async def start_gateway(
     return process, url, metrics_url
 
 
-async def start_to_ready(config_dir: Path, toml: str, devnet: Devnet | None, starts: int = 3) -> float:
-    """Median seconds from spawning a gateway to its first /readyz 200 (polled every 10 ms)."""
+def compile_router() -> None:
+    """Bytecode for our ``router`` package, written once before anything is timed. This machine sets
+    PYTHONDONTWRITEBYTECODE=1, so an editable install never caches any and every start would compile
+    the package from source, a cost a pip-installed user (whose wheel install writes the bytecode) never
+    pays. The processes still write none; they only read these (and recompile a file edited since)."""
+    compileall.compile_dir(Path(router.__file__).parent, quiet=1)
+
+
+Spawn = Callable[[], Awaitable[tuple[asyncio.subprocess.Process, str]]]
+
+
+async def start_to_ready(spawn: Spawn, starts: int = 3) -> float:
+    """Median seconds from ``spawn`` (a process and its URL) to its first /readyz 200 (polled every
+    10 ms)."""
     times = []
     for _ in range(starts):
         started = time.perf_counter()
-        process, url, _ = await spawn_gateway(config_dir, toml, devnet)
+        process, url = await spawn()
         try:
             await wait_listening(process, url, "/readyz", interval=0.01)
             times.append(time.perf_counter() - started)
         finally:
             process.terminate()
             await process.wait()
+    return statistics.median(times)
+
+
+async def gateway_start(
+    config_dir: Path, toml: str, devnet: Devnet | None
+) -> tuple[asyncio.subprocess.Process, str]:
+    process, url, _ = await spawn_gateway(config_dir, toml, devnet)
+    return process, url
+
+
+async def import_seconds(module: str = "aiohttp.web", runs: int = 3) -> float:
+    """Median wall seconds of ``python -c "import <module>"`` on the second core: the floor of any
+    aiohttp server's start on this machine."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", f"import {module}")
+        if len(CORES) > 1:
+            os.sched_setaffinity(process.pid, {CORES[1]})
+        if await process.wait() != 0:
+            raise RuntimeError(f"import {module} failed ({process.returncode})")
+        times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
@@ -323,14 +372,25 @@ async def warm_up(http: aiohttp.ClientSession, hop: Hop) -> None:
         await hop.settle()
 
 
-async def measure(http: aiohttp.ClientSession, hops: list[Hop], rounds: int, scale: float) -> None:
-    """The load in ``rounds``: each phase to every hop in turn, the order reversed every other round."""
+def profiled(hop: Hop, profile: Path | None) -> contextlib.AbstractAsyncContextManager[None]:
+    """py-spy on a gateway's process into ``profile/<hop>.raw`` if ``profile`` is given."""
+    if profile is None or hop.pid is None or not hop.name.startswith("gateway"):
+        return contextlib.nullcontext()
+    return recording(hop.pid, profile / f"{hop.name}.raw")
+
+
+async def measure(
+    http: aiohttp.ClientSession, hops: list[Hop], rounds: int, scale: float, profile: Path | None = None
+) -> None:
+    """The load in ``rounds``: each phase to every hop in turn, the order reversed every other round;
+    with ``profile``, each gateway recorded through its c32 phase of the first round."""
     share = scale / rounds
     for round_ in range(rounds):
         order = hops if round_ % 2 == 0 else hops[::-1]
         count = int(C32_REQUESTS * share)
         for hop in order:
-            await hop.metered("c32", count, closed_loop(http, hop.target, 32, count))
+            async with profiled(hop, profile if round_ == 0 else None):
+                await hop.metered("c32", count, closed_loop(http, hop.target, 32, count))
         for rate, total in RATES.items():
             count = int(total * share)
             for hop in order:
@@ -352,9 +412,10 @@ def added(results: dict[str, float], hops: list[str]) -> dict[str, float]:
     }
 
 
-async def run(quick: bool, rounds: int) -> dict[str, float]:
+async def run(quick: bool, rounds: int, profile: Path | None = None) -> dict[str, float]:
     if len(CORES) > 1:
         os.sched_setaffinity(0, {CORES[0]})
+    compile_router()
     scale = 0.2 if quick else 1.0
     results: dict[str, float] = {}
     async with Devnet(devnet_config()) as devnet:
@@ -393,7 +454,9 @@ async def run(quick: bool, rounds: int) -> dict[str, float]:
                     ]
                     for hop in hops:
                         await warm_up(http, hop)
-                    await measure(http, hops, rounds, scale)
+                    await measure(http, hops, rounds, scale, profile)
+                if profile is not None:
+                    write_tops(profile)
                 for hop in hops:
                     results |= hop.figures()
                 results |= added(results, [hop.name for hop in hops[1:]])
@@ -403,9 +466,15 @@ async def run(quick: bool, rounds: int) -> dict[str, float]:
                     "[transport]\nallow_private_targets = true\n"
                     f'[[upstreams]]\nname = "bare"\nurl = "{bare_url}/v1"\nmodels = ["{MODEL}"]\n'
                 )
-                results["ready_static_s"] = await start_to_ready(Path(tmp), static, None)
+                static_start = functools.partial(gateway_start, Path(tmp), static, None)
+                results["ready_static_s"] = await start_to_ready(static_start)
                 preset = "[transport]\nallow_private_targets = true\n"
-                results["ready_devnet_s"] = await start_to_ready(Path(tmp), preset, devnet)
+                devnet_start = functools.partial(gateway_start, Path(tmp), preset, devnet)
+                results["ready_devnet_s"] = await start_to_ready(devnet_start)
+                # For reference: what starting any aiohttp server costs here, not goals.
+                bare_start = functools.partial(spawn_bare_hop, upstream, authorization)
+                results["bare_hop_ready_s"] = await start_to_ready(bare_start)
+                results["import_aiohttp_s"] = await import_seconds()
             finally:
                 for hop_process in processes.values():
                     hop_process.terminate()
@@ -444,6 +513,8 @@ COLUMNS = {
 SINGLE = {
     "ready_static_s": "start to ready, static upstreams (s)",
     "ready_devnet_s": "start to ready, devnet (s)",
+    "bare_hop_ready_s": "start to ready, bare hop (s)",
+    "import_aiohttp_s": "python -c 'import aiohttp.web' (s)",
 }
 
 
@@ -461,6 +532,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the requests (a smoke run)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds the load is split into (default 2)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy each gateway through its first c32 phase: DIR/<hop>.raw and DIR/<hop>.top.txt",
+    )
     parser.add_argument("--json", action="store_true", help="print the results and goals as one JSON object")
     parser.add_argument("--soak", action="store_true", help="one gateway at 100 req/s, reported per minute")
     parser.add_argument("--minutes", type=int, default=10, help="the soak's length (default 10)")
@@ -474,7 +551,7 @@ def main() -> None:
 
         results = asyncio.run(soak(args.minutes, quiet=args.json))
     else:
-        results = asyncio.run(run(args.quick, args.rounds))
+        results = asyncio.run(run(args.quick, args.rounds, args.profile))
     judged = goals(results)
     if args.json:
         rounded = {key: round(value, 3) for key, value in results.items()}
