@@ -42,13 +42,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-# bench/profile.py, first on the path of a script run from bench/ (ruff files it with the standard library).
-from profile import recording, write_tops
 from typing import TypeVar
 
 import aiohttp
 from goals import goals, report
+from profiles import recording, write_tops
 
 import router
 from router.chain.session import SessionTokens

@@ -1,15 +1,12 @@
 """Profiles of a running hop: py-spy records it, and the raw stacks are summed into the top functions.
 
-    .venv/bin/python bench/profile.py DIR/gateway.raw [...]      (writes DIR/gateway.top.txt, prints it)
+    .venv/bin/python bench/profiles.py DIR/gateway.raw [...]      (writes DIR/gateway.top.txt, prints it)
 
 ``bench.py --profile DIR`` records each gateway process through its c32 phase of the first round
 (``recording``) and writes ``DIR/<hop>.raw`` and ``DIR/<hop>.top.txt`` (``write_top``). A raw file is
 py-spy's collapsed stacks, one line per distinct stack: ``frame;frame;... count``, root first, each frame
 ``function (file:line)``. The top counts a function once per sample it is on the stack of (inclusive,
 recursion counted once) and per sample it is the innermost frame of (self), line numbers dropped.
-
-(This file shadows the standard library's ``profile`` for scripts run from bench/; nothing they import
-uses it.)
 """
 
 from __future__ import annotations
