@@ -19,10 +19,11 @@ figures pool the rounds. Per target: throughput and CPU per request at concurren
 latency p50/p99 and CPU per request at 50 and at 100 req/s (open loop) and what each hop adds to the
 direct figures; streams of 20 SSE events at 20 req/s, their time to first token and CPU per stream. Then
 each gateway's RSS, and its start to ready (spawn to the first /readyz 200, median of three) with static
-upstreams only and on the devnet preset; for reference, the bare hop's start to ready and the wall time
-of ``import aiohttp.web``, what the platform itself costs. ``bench/goals.py`` judges issue 18's goals from
-the figures. ``--profile DIR`` records each gateway with py-spy through its c32 phase of the first round
-(``bench/profile.py``): ``DIR/<hop>.raw`` and its top functions, ``DIR/<hop>.top.txt``.
+upstreams only and on the devnet preset, with its RSS when ready; for reference, the bare hop's start to
+ready, the wall time of ``import aiohttp.web`` (what the platform itself costs) and the RSS of a process
+that imports web3 and nothing else (what the chain side's libraries hold). ``bench/goals.py`` judges issue
+18's goals from the figures. ``--profile DIR`` records each gateway with py-spy through its c32 phase of
+the first round (``bench/profiles.py``): ``DIR/<hop>.raw`` and its top functions, ``DIR/<hop>.top.txt``.
 """
 
 from __future__ import annotations
@@ -265,20 +266,31 @@ def compile_router() -> None:
 Spawn = Callable[[], Awaitable[tuple[asyncio.subprocess.Process, str]]]
 
 
-async def start_to_ready(spawn: Spawn, starts: int = 3) -> float:
+async def start_to_ready(spawn: Spawn, starts: int = 3) -> tuple[float, float]:
     """Median seconds from ``spawn`` (a process and its URL) to its first /readyz 200 (polled every
-    10 ms)."""
-    times = []
+    10 ms), and the median RSS (MB) it has then: what its imports and set-up hold before any load."""
+    times, sizes = [], []
     for _ in range(starts):
         started = time.perf_counter()
         process, url = await spawn()
         try:
             await wait_listening(process, url, "/readyz", interval=0.01)
             times.append(time.perf_counter() - started)
+            sizes.append(rss_mb(process.pid))
         finally:
             process.terminate()
             await process.wait()
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(sizes)
+
+
+async def import_rss_mb(module: str) -> float:
+    """The peak RSS (MB) of a Python process that imports ``module`` and nothing else."""
+    code = f"import resource, {module}; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"python -c 'import {module}' failed")
+    return int(out) / 1024
 
 
 async def gateway_start(
@@ -465,14 +477,17 @@ async def run(quick: bool, rounds: int, profile: Path | None = None) -> dict[str
                     f'[[upstreams]]\nname = "bare"\nurl = "{bare_url}/v1"\nmodels = ["{MODEL}"]\n'
                 )
                 static_start = functools.partial(gateway_start, Path(tmp), static, None)
-                results["ready_static_s"] = await start_to_ready(static_start)
+                ready = await start_to_ready(static_start)
+                results["ready_static_s"], results["ready_static_rss_mb"] = ready
                 preset = "[transport]\nallow_private_targets = true\n"
                 devnet_start = functools.partial(gateway_start, Path(tmp), preset, devnet)
-                results["ready_devnet_s"] = await start_to_ready(devnet_start)
-                # For reference: what starting any aiohttp server costs here, not goals.
+                results["ready_devnet_s"], results["ready_devnet_rss_mb"] = await start_to_ready(devnet_start)
+                # For reference: what starting any aiohttp server costs here, and what the chain side's
+                # libraries hold by themselves; not goals.
                 bare_start = functools.partial(spawn_bare_hop, upstream, authorization)
-                results["bare_hop_ready_s"] = await start_to_ready(bare_start)
+                results["bare_hop_ready_s"], _ = await start_to_ready(bare_start)
                 results["import_aiohttp_s"] = await import_seconds()
+                results["import_web3_rss_mb"] = await import_rss_mb("web3")
             finally:
                 for hop_process in processes.values():
                     hop_process.terminate()
@@ -513,6 +528,9 @@ SINGLE = {
     "ready_devnet_s": "start to ready, devnet (s)",
     "bare_hop_ready_s": "start to ready, bare hop (s)",
     "import_aiohttp_s": "python -c 'import aiohttp.web' (s)",
+    "ready_static_rss_mb": "RSS when ready, static upstreams (MB)",
+    "ready_devnet_rss_mb": "RSS when ready, devnet (MB)",
+    "import_web3_rss_mb": "RSS of python -c 'import web3' (MB)",
 }
 
 
