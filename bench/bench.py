@@ -284,8 +284,12 @@ async def start_to_ready(spawn: Spawn, starts: int = 3) -> tuple[float, float]:
 
 
 async def import_rss_mb(module: str) -> float:
-    """The peak RSS (MB) of a Python process that imports ``module`` and nothing else."""
-    code = f"import resource, {module}; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    """The peak RSS (MB) of a Python process that imports ``module`` and nothing else. Read from its
+    VmHWM: getrusage's maximum would start at this (forking) process's own."""
+    code = (
+        f"import {module}, pathlib; print(next(line.split()[1] for line in "
+        "pathlib.Path('/proc/self/status').read_text().splitlines() if line.startswith('VmHWM:')))"
+    )
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE)
     out, _ = await process.communicate()
     if process.returncode != 0:
