@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import structlog
 
-from router.client import Router
+from router.client import Router, new_request_id
 from router.errors import InvalidRequest, RequestFailed, Unauthorized, UpstreamRejected, clipped
 from router.pool.catalog import model_entry, provider_catalog
 from router.replies import Reply, StreamReply
@@ -153,20 +152,23 @@ class Core:
 
         async def guarded(request: Request) -> Response:
             rid = request_id(request.headers)
-            # Every log line written while this request is served carries its id.
-            with structlog.contextvars.bound_contextvars(request_id=rid):
-                try:
-                    if keys:
-                        _check_key(request.headers.get("Authorization"), keys)
-                    return await handler(request, rid)
-                except RequestFailed as exc:
-                    return failure(exc, rid)
-                except Exception:
-                    # A bug of ours: the client gets an id to quote, the log gets the traceback.
-                    _log.exception("unhandled error", request_id=rid, path=request.path)
-                    return error_reply(
-                        500, f"internal error (request id {rid})", "api_error", None, {"x-request-id": rid}
-                    )
+            # Every log line written while this request is served carries its id. Bound and reset by
+            # hand: structlog's bound_contextvars (a generator context manager) costs three times more.
+            bound = structlog.contextvars.bind_contextvars(request_id=rid)
+            try:
+                if keys:
+                    _check_key(request.headers.get("Authorization"), keys)
+                return await handler(request, rid)
+            except RequestFailed as exc:
+                return failure(exc, rid)
+            except Exception:
+                # A bug of ours: the client gets an id to quote, the log gets the traceback.
+                _log.exception("unhandled error", request_id=rid, path=request.path)
+                return error_reply(
+                    500, f"internal error (request id {rid})", "api_error", None, {"x-request-id": rid}
+                )
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
 
         return guarded
 
@@ -294,7 +296,7 @@ def _check_key(header: str | None, keys: tuple[bytes, ...]) -> None:
 def request_id(headers: Mapping[str, str]) -> str:
     """The client's ``X-Request-Id`` if it is sane (short, no odd characters), else a new one."""
     given = headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.match(given) else new_request_id()
 
 
 def receipt_headers(

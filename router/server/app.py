@@ -472,16 +472,18 @@ async def _serve(request: web.Request, *, handler: Handler, max_body: int) -> we
 
 async def _stream(request: web.Request, reply: CoreResponse, stream: StreamReply) -> web.StreamResponse:
     response = web.StreamResponse(headers=reply.headers)
+    # By hand, as the core binds it: structlog's bound_contextvars costs three times more.
+    bound = structlog.contextvars.bind_contextvars(request_id=reply.request_id)
     try:
-        with structlog.contextvars.bound_contextvars(request_id=reply.request_id):
-            await response.prepare(request)
-            async for event in stream.events():
-                await response.write(event)
-            await response.write_eof()
+        await response.prepare(request)
+        async for event in stream.events():
+            await response.write(event)
+        await response.write_eof()
     except ConnectionError:
         # The client went away mid-stream; nobody is left to tell. The slot is freed below.
         pass
     finally:
+        structlog.contextvars.reset_contextvars(**bound)
         await stream.aclose()
     return response
 
