@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from router.client import Router, new_request_id
+from router.client import Router
 from router.errors import InvalidRequest, RequestFailed, Unauthorized, UpstreamRejected, clipped
 from router.pool.catalog import model_entry, provider_catalog
 from router.replies import Reply, StreamReply
-from router.request import Endpoint, parse_body
+from router.request import Endpoint, new_request_id, parse_body
 from router.wire import bearer_matches
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -13,6 +13,7 @@ a request the gateway refuses the library refuses with the same ``InvalidRequest
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesParser
@@ -62,6 +63,12 @@ class Request:
     verify_sync: bool
     prompt_estimate: int
     images: int
+
+
+def new_request_id() -> str:
+    """A fresh request id for a ``Call``: 32 random hex digits, as ``uuid4().hex`` gave, at a fifth of
+    its cost (every request without a usable ``X-Request-Id`` gets one)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
