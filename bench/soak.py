@@ -27,6 +27,7 @@ from goals import SOAK_CPU_DRIFT_PERCENT, SOAK_RSS_DRIFT_MB
 from bench import (
     CORES,
     Target,
+    collector_paused,
     cpu_seconds,
     devnet_config,
     gateway_headers,
@@ -56,9 +57,10 @@ async def soak(minutes: int, *, quiet: bool = False) -> dict[str, float]:
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                     for minute in range(1, minutes + 1):
-                        cpu, started = cpu_seconds(process.pid), time.perf_counter()
-                        latencies = await open_loop(http, target, RATE, RATE * 60)
-                        seconds = time.perf_counter() - started
+                        with collector_paused():
+                            cpu, started = cpu_seconds(process.pid), time.perf_counter()
+                            latencies = await open_loop(http, target, RATE, RATE * 60)
+                            seconds = time.perf_counter() - started
                         figures = {
                             "rss_mb": rss_mb(process.pid),
                             "cpu_ms_per_request": (cpu_seconds(process.pid) - cpu) * 1000 / len(latencies),
