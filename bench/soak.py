@@ -4,8 +4,9 @@
 
 bench.py's devnet and gateway (the default config: every response verified), the load an open loop of
 exactly 100 requests a second, ``minutes * 6000`` in all, run a minute at a time. After each minute: the
-gateway's RSS, the CPU it spent per request in that minute (user + system from /proc, the verifier's
-included, since it keeps up or falls behind within the minute), and the minute's latency p50/p99.
+gateway's RSS and open file descriptors (its sockets among them), the CPU it spent per request in that
+minute (user + system from /proc, the verifier's included, since it keeps up or falls behind within the
+minute), and the minute's latency p50/p99.
 
 The verdict is "flat" when the last minute's RSS is within 5 MB of minute 2's (minute 1 warms caches and
 pools up) and its CPU per request within 15% of the median minute's (after minute 1). A run of one minute
@@ -63,6 +64,7 @@ async def soak(minutes: int, *, quiet: bool = False) -> dict[str, float]:
                             seconds = time.perf_counter() - started
                         figures = {
                             "rss_mb": rss_mb(process.pid),
+                            "open_fds": len(os.listdir(f"/proc/{process.pid}/fd")),
                             "cpu_ms_per_request": (cpu_seconds(process.pid) - cpu) * 1000 / len(latencies),
                             "rps": len(latencies) / seconds,
                             "p50_ms": percentile(latencies, 0.5) * 1000,
@@ -82,7 +84,8 @@ async def soak(minutes: int, *, quiet: bool = False) -> dict[str, float]:
 
 def line(figures: dict[str, float]) -> str:
     return (
-        f"RSS {figures['rss_mb']:6.1f} MB, CPU/request {figures['cpu_ms_per_request']:.3f} ms, "
+        f"RSS {figures['rss_mb']:6.1f} MB, {figures['open_fds']:.0f} fds, "
+        f"CPU/request {figures['cpu_ms_per_request']:.3f} ms, "
         f"{figures['rps']:.1f} req/s, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
     )
 

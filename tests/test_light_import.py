@@ -14,6 +14,8 @@ CHAIN_SIDE = ("web3", "eth_account", "router.chain")
 SHARED_SIDE = ("redis", "router.shared.store")
 # The gateway's metrics: a router used as a library does not need them.
 GATEWAY_ONLY = ("prometheus_client",)
+# py_ecc's BLS code, which eth_keyfile imports for version-4 keystores (router.lazy_bls defers it).
+BLS = ("py_ecc.bls", "py_ecc.bls12_381", "py_ecc.optimized_bls12_381")
 
 
 def loaded_after(code: str, *modules: str) -> dict[str, object]:
@@ -95,3 +97,28 @@ def test_zg_router_version_prints_the_installed_version_without_the_chain_side()
             assert exit.code == 0
     """
     assert loaded_after(code, *CHAIN_SIDE)["loaded"] == []
+
+
+def test_the_chain_side_loads_without_py_eccs_bls_code() -> None:
+    """The router's chain client and devnet (web3 and eth_account included) import none of py_ecc's BLS
+    modules, which a bare ``import eth_account`` does import."""
+    assert loaded_after("import router.chain.client, router.devnet", *BLS)["loaded"] == []
+    assert loaded_after("import eth_account", *BLS)["loaded"] == list(BLS)
+
+
+def test_the_deferred_bls_code_is_the_real_one_at_first_use() -> None:
+    """After the chain side loaded, eth_keyfile still writes a version-4 keystore (whose public key is
+    py_ecc's BLS one), and ``py_ecc.bls`` and ``py_ecc.bls12_381`` import as the real modules."""
+    code = """
+        import router.chain.client
+        import eth_keyfile
+        from router.lazy_bls import CURVE_ORDER
+
+        keystore = eth_keyfile.create_keyfile_json(bytes(31) + b"\\x07", b"pw", version=4, iterations=2)
+        from py_ecc.bls import G2ProofOfPossession
+        import py_ecc.bls12_381
+
+        print(keystore["pubkey"] == G2ProofOfPossession.SkToPk(7).hex())
+        print(py_ecc.bls12_381.curve_order == CURVE_ORDER, py_ecc.bls12_381.__file__.endswith("__init__.py"))
+    """
+    assert loaded_after(code)["output"] == ["True", "True True"]
