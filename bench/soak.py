@@ -6,7 +6,7 @@ bench.py's devnet and gateway (the default config: every response verified), the
 exactly 100 requests a second, ``minutes * 6000`` in all, run a minute at a time. After each minute: the
 gateway's RSS and open file descriptors (its sockets among them), the CPU it spent per request in that
 minute (user + system from /proc, the verifier's included, since it keeps up or falls behind within the
-minute), and the minute's latency p50/p99.
+minute), and the minute's latency p50/p99. At the end it fails unless every response was verified.
 
 The verdict is "flat" when the last minute's RSS is within 5 MB of minute 2's (minute 1 warms caches and
 pools up) and its CPU per request within 15% of the median minute's (after minute 1). A run of one minute
@@ -36,6 +36,7 @@ from bench import (
     percentile,
     rss_mb,
     start_gateway,
+    verified_all,
 )
 from router.devnet import Devnet
 
@@ -53,7 +54,7 @@ async def soak(minutes: int, *, quiet: bool = False) -> dict[str, float]:
     results: dict[str, float] = {"soak_minutes": minutes}
     async with Devnet(devnet_config()) as devnet:
         with tempfile.TemporaryDirectory() as tmp:
-            process, url, _ = await start_gateway(devnet, Path(tmp), sample_rate=1.0)
+            process, url, metrics_url = await start_gateway(devnet, Path(tmp), sample_rate=1.0)
             target = Target(url + "/v1/chat/completions", gateway_headers)
             try:
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -72,6 +73,7 @@ async def soak(minutes: int, *, quiet: bool = False) -> dict[str, float]:
                         }
                         results |= {f"soak_minute_{minute}_{key}": value for key, value in figures.items()}
                         print(f"minute {minute:>2}: {line(figures)}", file=out, flush=True)
+                    await verified_all(http, metrics_url)  # every response was checked, none dropped
             finally:
                 process.terminate()
                 await process.wait()
