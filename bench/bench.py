@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from typing import TypeVar
 import aiohttp
 from goals import goals, report
 from profiles import recording, write_tops
+from prometheus_client.parser import text_string_to_metric_families
 
 import router
 from router.chain.session import SessionTokens
@@ -347,18 +349,17 @@ async def verified_all(http: aiohttp.ClientSession, metrics_url: str) -> None:
     for _ in range(600):
         async with http.get(metrics_url) as response:
             text = await response.text()
-        served = judged = 0.0
-        outcomes: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("zg_router_requests_total{") and 'status="200"' in line:
-                served += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("zg_router_verifications_total{"):
-                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-                outcomes[outcome] = outcomes.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
-                judged += float(line.rsplit(" ", 1)[1])
-        if judged >= served:
-            if judged > outcomes.get("verified", 0.0):
-                raise RuntimeError(f"of {served:g} responses served, not all were verified: {outcomes}")
+        served, outcomes = 0.0, Counter[str]()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "zg_router_requests_total" and sample.labels.get("status") == "200":
+                    served += sample.value
+                elif sample.name == "zg_router_verifications_total":
+                    outcomes[sample.labels["outcome"]] += sample.value
+        judged = sum(outcomes.values())
+        if served and judged >= served:  # none served yet would be a misread page, not a settled one
+            if judged > outcomes["verified"]:
+                raise RuntimeError(f"of {served:g} responses served, not all were verified: {dict(outcomes)}")
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"the gateway judged {judged:g} of {served:g} responses in 120 s")
