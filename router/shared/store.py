@@ -165,13 +165,18 @@ class SharedStore:
         return await self._bounded(factory)
 
     async def _bounded(self, factory: Callable[[], Awaitable[T]]) -> T:
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(self.options.timeout):
-                return await factory()
+                result = await factory()
         except (RedisError, OSError, TimeoutError) as exc:
+            _honour_cancel(asked)
             detail = _describe(exc, self.options.timeout)
             self._go("local", detail)
             raise SharedUnavailable(detail) from None
+        _honour_cancel(asked)
+        return result
 
     def _go(self, mode: Mode, detail: str) -> None:
         if mode == self._mode or not self._started:
@@ -248,12 +253,13 @@ class SharedStore:
                         callback(str(message["data"]))
 
 
-def _honour_cancel() -> None:
-    """Raise if this task was asked to stop. A cancel can be lost inside a read that times out at the
-    same moment (redis-py turns the read's timeout into "no message"), and these loops never end by
-    themselves."""
+def _honour_cancel(asked: int = 0) -> None:
+    """Raise if this task was asked to stop more often than the ``asked`` it had before a call: redis-py
+    can lose a cancel (a read that times out at the same moment becomes "no message"; a command that
+    finishes anyway returns its reply), and a task that goes on after a lost cancel never ends: its
+    owner's close then waits forever."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if task is not None and task.cancelling() > asked:
         raise asyncio.CancelledError
 
 
