@@ -18,7 +18,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from router.observability.events import SharedModeChanged
 from router.shared.options import SharedOptions
 from router.shared.store import SharedStore
+from tests.shared.conftest import shared_options
+from tests.shared_support import RedisServer
 from tests.support import EventLog
+
+
+@pytest.fixture
+def patient(redis_server: RedisServer) -> SharedOptions:
+    """A timeout no stalled loop reaches: only the test's cancel may end the call."""
+    return shared_options(redis_server, timeout=30.0, lease_ttl=120.0, leader_ttl=120.0, replica_ttl=120.0)
 
 
 def swallowing(outcome: Callable[[], str]) -> tuple[asyncio.Event, Callable[[], Awaitable[str]]]:
@@ -46,15 +54,15 @@ async def cancelled_call(
 
 
 async def test_a_reply_that_arrives_after_a_cancel_does_not_keep_the_caller_going(
-    options: SharedOptions,
+    patient: SharedOptions,
 ) -> None:
-    async with SharedStore(options, emit=EventLog()) as store:
+    async with SharedStore(patient, emit=EventLog()) as store:
         waiting, command = swallowing(lambda: "reply")
         await cancelled_call(store, command, waiting)
         assert store.mode == "shared"
 
 
-async def test_an_error_after_a_cancel_is_the_cancel_and_no_outage(options: SharedOptions) -> None:
+async def test_an_error_after_a_cancel_is_the_cancel_and_no_outage(patient: SharedOptions) -> None:
     """The command fails once cancelled: the caller sees the cancel, not ``SharedUnavailable``, and the
     replica stays shared (its caller gave up; Redis did not)."""
     log = EventLog()
@@ -62,7 +70,7 @@ async def test_an_error_after_a_cancel_is_the_cancel_and_no_outage(options: Shar
     def broken() -> str:
         raise RedisConnectionError("connection closed while cancelling")
 
-    async with SharedStore(options, emit=log) as store:
+    async with SharedStore(patient, emit=log) as store:
         waiting, command = swallowing(broken)
         await cancelled_call(store, command, waiting)
         assert store.mode == "shared"
