@@ -159,7 +159,8 @@ class SharedStore:
 
     async def call(self, factory: Callable[[], Awaitable[T]]) -> T:
         """``await factory()`` bounded by the timeout. Raises ``SharedUnavailable`` at once while local,
-        and when this call fails (which makes the replica local)."""
+        and when this call fails (which makes the replica local); raises ``CancelledError`` when the
+        caller was cancelled during the call, even if redis-py let the command finish."""
         if self._mode == "local":
             raise SharedUnavailable("counting locally")
         return await self._bounded(factory)
